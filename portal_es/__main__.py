@@ -1,0 +1,3 @@
+from portal_es.entrypoints.cli import main
+
+main()

@@ -1,0 +1,85 @@
+"""`portal-es serve`: open the log, fold it, serve the API."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from portal_es.adapters import store, tls
+from portal_es.config import Settings
+from portal_es.entrypoints.api import create_app
+from portal_es.service.app import PortalApplication
+from projections.state_view import StateView
+
+log = logging.getLogger("portal_es")
+
+LEVELS = {"TRACE": logging.DEBUG, "WARN": logging.WARNING, "FATAL": logging.CRITICAL}
+
+
+def configure_logging(settings: Settings) -> None:
+    level = LEVELS.get(settings.log_level) or getattr(logging, settings.log_level)
+    handler: logging.Handler = (
+        logging.FileHandler(settings.log_file) if settings.log_file else logging.StreamHandler()
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("aiohttp.access").setLevel(max(level, logging.WARNING))
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def open_application(settings: Settings) -> PortalApplication:
+    """Migrate the store and open the application on it."""
+    work_dir = Path(settings.work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    db_url = store.database_url(settings.db_connection, work_dir)
+    store.migrate(db_url)
+    key = store.load_or_create_cipher_key(work_dir, settings.cert_key_cipher)
+    return PortalApplication(
+        store.application_env(db_url, key), reserved=settings.reserved_sockets()
+    )
+
+
+def run(settings: Settings) -> None:
+    configure_logging(settings)
+    app = open_application(settings)
+    view = StateView(app)
+    started = time.perf_counter()
+    view.catch_up()
+    log.info("log folded to version %d (position %d) in %.0f ms", view.version, view.position,
+             (time.perf_counter() - started) * 1000)
+    if not settings.api_token and not _is_loopback(settings.api_host):
+        log.warning("NO API TOKEN: anyone who reaches %s:%d can change this load balancer",
+                    settings.api_host, settings.api_port)
+    ssl_context = None
+    if not settings.insecure:
+        if settings.api_cert and settings.api_key:
+            cert, key = Path(settings.api_cert), Path(settings.api_key)
+        else:
+            cert, key = tls.self_signed(Path(settings.work_dir), settings.api_host)
+        ssl_context = tls.server_context(cert, key, settings.api_key_password)
+    scheme = "http" if settings.insecure else "https"
+    log.info("API listening on %s://%s:%d (pid %d)", scheme, settings.api_host,
+             settings.api_port, os.getpid())
+    web_app = create_app(app, view, settings.api_token)
+    try:
+        web.run_app(web_app, host=settings.api_host, port=settings.api_port,
+                    ssl_context=ssl_context, print=None, access_log=None)
+    except OSError as e:
+        log.error("cannot listen on %s:%d: %s", settings.api_host, settings.api_port, e.strerror)
+        sys.exit(1)
+    finally:
+        app.close()

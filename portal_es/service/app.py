@@ -1,0 +1,97 @@
+"""The application: commands in, events saved; the one place that writes the log.
+
+The eventsourcing library is synchronous; the API calls `execute` from a thread. Commands in
+one process are serialised by a lock (they all touch the one Balancer aggregate, so running
+them in parallel would only produce conflicts); writers in other processes are serialised by
+the store's optimistic concurrency: a conflicting save is retried on fresh state, and only
+after repeated conflicts answered as ConcurrentWrites (409), never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.cryptography import AESCipher
+from eventsourcing.persistence import IntegrityError, JSONTranscoder
+from eventsourcing.utils import Environment
+
+from portal_es.adapters import transcodings
+from portal_es.domain.balancer import BALANCER_ID, Balancer, Meta, Socket
+from portal_es.domain.commands import Command
+from portal_es.domain.errors import DomainError
+from portal_es.domain.events import BalancerEvent
+from portal_es.service.handlers import HANDLERS
+
+log = logging.getLogger(__name__)
+
+# Env key of the AES key for cert private keys. Not the library's CIPHER_KEY, which would
+# encrypt whole events and make the audit log unreadable to the database's own tools.
+CERT_KEY_CIPHER = "CERT_KEY_CIPHER"
+MAX_CONFLICT_RETRIES = 10
+
+
+class ConcurrentWrites(DomainError):
+    status = 409
+
+    def __init__(self) -> None:
+        super().__init__("Too many concurrent writes, try again")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a command returned, the state version after it, and the events it appended."""
+
+    result: Any
+    version: int
+    events: Sequence[BalancerEvent]
+
+
+class PortalApplication(Application[UUID]):
+    name = "portal"  # table names: portal_events, portal_snapshots, portal_tracking
+
+    def __init__(self, env: dict[str, str], reserved: Iterable[Socket] = ()) -> None:
+        self.reserved = tuple(reserved)
+        self._lock = threading.Lock()
+        super().__init__(env)
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
+        cipher = AESCipher(Environment(env={"CIPHER_KEY": self.env[CERT_KEY_CIPHER]}))
+        transcodings.register(transcoder, cipher)
+
+    def _balancer(self) -> Balancer:
+        try:
+            balancer: Balancer = self.repository.get(BALANCER_ID)
+        except AggregateNotFoundError:
+            balancer = Balancer()
+        return balancer
+
+    def execute(
+        self, command: Command, meta: Meta, expected_version: int | None = None
+    ) -> Outcome:
+        handler = HANDLERS[type(command)]
+        with self._lock:
+            for _attempt in range(MAX_CONFLICT_RETRIES):
+                balancer = self._balancer()
+                balancer.check_version(expected_version)
+                result = handler(balancer, command, meta, self.reserved)
+                events = [e for e in balancer.pending_events if isinstance(e, BalancerEvent)]
+                if not balancer.pending_events:
+                    return Outcome(result, balancer.version, [])
+                try:
+                    self.save(balancer)
+                except IntegrityError:
+                    log.info("write conflict on %s, retrying", type(command).__name__)
+                    continue
+                return Outcome(result, balancer.version, events)
+        raise ConcurrentWrites
+
+    def version(self) -> int:
+        """The current version of the configuration (0 before the first write)."""
+        return self._balancer().version

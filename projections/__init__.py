@@ -1,0 +1,1 @@
+"""Node-side projections of the log: folded state for reads, and (later) the data planes."""
