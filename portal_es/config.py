@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +45,18 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
-    api_cert: str = Field("", alias="api-cert", description="TLS certificate for the API (PEM file)")
+    api_cert: str = Field(
+        "", alias="api-cert", description="TLS certificate for the API (PEM file)"
+    )
     api_host: str = Field("127.0.0.1", alias="api-host", description="Address the API listens on")
     api_key: str = Field("", alias="api-key", description="TLS private key for the API (PEM file)")
     api_key_password: str = Field(
         "", alias="api-key-password", description="Password of an encrypted api-key"
     )
     api_port: int = Field(8443, alias="api-port", ge=1, le=65535, description="API port")
-    api_token: str = Field("", alias="api-token", description="Token clients must send ('' = no auth)")
+    api_token: str = Field(
+        "", alias="api-token", description="Token clients must send ('' = no auth)"
+    )
     balancer: str = Field("auto", description="Kernel balancer: auto, ipvs, nftables or none")
     cluster_connection: str = Field(
         "", alias="cluster-connection", description="RabbitMQ URL (amqp://...) for cluster mode"
@@ -123,9 +127,11 @@ def read_file(path: str) -> dict[str, Any]:
     except OSError as e:
         raise ConfigError(f"cannot read config file '{path}': {e.strerror}") from None
     suffix = Path(path).suffix.lower()
-    parsers = {".json": json.loads, ".toml": tomllib.loads, ".yaml": yaml.safe_load,
-               ".yml": yaml.safe_load}
-    order = [parsers[suffix]] if suffix in parsers else [json.loads, tomllib.loads, yaml.safe_load]
+    parsers: dict[str, Callable[[str], Any]] = {
+        ".json": json.loads, ".toml": tomllib.loads, ".yaml": yaml.safe_load,
+        ".yml": yaml.safe_load,
+    }
+    order = [parsers[suffix]] if suffix in parsers else list(dict.fromkeys(parsers.values()))
     for parse in order:
         try:
             data = parse(text)

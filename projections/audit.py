@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from eventsourcing.application import Application
-from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.domain import DomainEvent
 
 from portal_es.domain.events import BalancerEvent
 from portal_es.domain.models import CertBundle, Route, Server, Service, Vip
@@ -38,7 +38,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def subjects(event: DomainEventProtocol[Any]) -> set[str]:
+def subjects(event: DomainEvent) -> set[str]:
     """The ids of the objects an event concerns (for the `entity` filter)."""
     out: set[str] = set()
     for value in vars(event).values():
@@ -55,20 +55,23 @@ def subjects(event: DomainEventProtocol[Any]) -> set[str]:
     return out
 
 
-def record(position: int, event: DomainEventProtocol[Any]) -> dict[str, Any]:
-    is_config = isinstance(event, BalancerEvent)
-    return {
+def record(position: int, event: DomainEvent) -> dict[str, Any]:
+    out = {
         "position": position,
         "version": event.originator_version,
         "time": event.timestamp.isoformat(),
         "type": type(event).__name__,
-        "actor": event.actor if is_config else "system",
-        "request_id": event.request_id if is_config else "",
-        "data": {k: _plain(v) for k, v in event.payload().items()} if is_config else {},
+        "actor": "system",
+        "request_id": "",
+        "data": {},
     }
+    if isinstance(event, BalancerEvent):
+        out["actor"], out["request_id"] = event.actor, event.request_id
+        out["data"] = {k: _plain(v) for k, v in event.payload().items()}
+    return out
 
 
-def _matches(f: EventFilter, event: DomainEventProtocol[Any]) -> bool:
+def _matches(f: EventFilter, event: DomainEvent) -> bool:
     if f.type and type(event).__name__ != f.type:
         return False
     if f.since_time and event.timestamp <= f.since_time:
@@ -87,7 +90,7 @@ def list_events(app: Application[Any], f: EventFilter) -> tuple[list[dict[str, A
             start=start, limit=PAGE, stop=f.until, inclusive_of_start=False
         )
         for n in notifications:
-            event = app.mapper.to_domain_event(n)
+            event = cast(DomainEvent, app.mapper.to_domain_event(n))
             if _matches(f, event):
                 out.append(record(n.id, event))
                 if len(out) == f.limit:

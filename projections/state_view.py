@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from typing import TypeVar
+from uuid import UUID
 
 from eventsourcing.application import Application
 from eventsourcing.domain import DomainEventProtocol
@@ -23,14 +24,14 @@ PAGE = 1000
 
 
 class StateView:
-    def __init__(self, app: Application[object]) -> None:
+    def __init__(self, app: Application[UUID]) -> None:
         self._app = app
         self._lock = threading.Lock()
         self.state = BalancerState()
         self.position = 0  # last notification id folded
         self.version = 0  # the Balancer's version after that
 
-    def _fold(self, event: DomainEventProtocol[object]) -> None:
+    def _fold(self, event: DomainEventProtocol[UUID]) -> None:
         if event.originator_id != BALANCER_ID:
             return
         if isinstance(event, BalancerEvent):

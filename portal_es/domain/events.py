@@ -12,7 +12,7 @@ from typing import Any
 
 from eventsourcing.domain import AggregateEvent
 
-from portal_es.domain.models import CertBundle, ErrorPages, Route, RouteKey, Server, Service, Vip
+from portal_es.domain.models import CertBundle, ErrorPages, Route, Server, Service, Vip
 from portal_es.domain.state import BalancerState, insert_at, reorder, replace_at
 
 Inverse = tuple[type["BalancerEvent"], dict[str, Any]]
@@ -238,7 +238,8 @@ class Reordered(BalancerEvent):
     previous: tuple[Any, ...]
 
     def evolve(self, state: BalancerState) -> None:
-        order = [tuple(k) if isinstance(k, list) else k for k in self.order]
+        # Route keys come back from JSON as lists; dict keys must be tuples again.
+        order: list[Any] = [tuple(k) if isinstance(k, list) else k for k in self.order]
         if self.collection == "servers":
             service = _service(state, self.service_id)
             servers = {s.id: s for s in service.servers}

@@ -271,7 +271,8 @@ async def delete_route(request: web.Request) -> web.Response:
     if raw.strip():
         route = to_model(Route, decode(raw))
     else:
-        fields = {k: request.query[k] for k in ("subdomain", "domain", "path") if k in request.query}
+        keys = ("subdomain", "domain", "path")
+        fields = {k: request.query[k] for k in keys if k in request.query}
         route = to_model(Route, fields)
     _, version = await _execute(request, c.RemoveRoute(route.key))
     return _json(SUCCESS, version=version)

@@ -9,6 +9,11 @@ from portal_es.entrypoints import server
 app = typer.Typer()
 
 
+@app.callback()
+def root() -> None:
+    """portal-es."""
+
+
 @app.command()
 def serve(
     api_host: str = typer.Option(None, "--api-host", "-H"),
@@ -17,12 +22,14 @@ def serve(
     work_dir: str = typer.Option(None, "--work-dir"),
     db_connection: str = typer.Option(None, "--db-connection"),
     api_token: str = typer.Option(None, "--api-token", "-t"),
+    proxy_http: str = typer.Option("127.0.0.1:8080", "--proxy-http"),
+    proxy_tls: str = typer.Option("127.0.0.1:8444", "--proxy-tls"),
 ) -> None:
     try:
         settings = load_settings({"api-host": api_host, "api-port": api_port, "insecure": insecure,
                                   "work-dir": work_dir, "db-connection": db_connection,
-                                  "api-token": api_token, "proxy-http": "127.0.0.1:8080",
-                                  "proxy-tls": "127.0.0.1:8444"})
+                                  "api-token": api_token, "proxy-http": proxy_http,
+                                  "proxy-tls": proxy_tls})
     except ConfigError as e:
         raise typer.Exit(str(e)) from None
     server.run(settings)

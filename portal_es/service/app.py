@@ -9,8 +9,11 @@ after repeated conflicts answered as ConcurrentWrites (409), never dropped.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import random
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +36,7 @@ log = logging.getLogger(__name__)
 # Env key of the AES key for cert private keys. Not the library's CIPHER_KEY, which would
 # encrypt whole events and make the audit log unreadable to the database's own tools.
 CERT_KEY_CIPHER = "CERT_KEY_CIPHER"
-MAX_CONFLICT_RETRIES = 10
+CONFLICT_DEADLINE_S = 10.0  # keep retrying conflicting writes this long, then answer 409
 
 
 class ConcurrentWrites(DomainError):
@@ -76,8 +79,9 @@ class PortalApplication(Application[UUID]):
         self, command: Command, meta: Meta, expected_version: int | None = None
     ) -> Outcome:
         handler = HANDLERS[type(command)]
+        deadline = time.monotonic() + CONFLICT_DEADLINE_S
         with self._lock:
-            for _attempt in range(MAX_CONFLICT_RETRIES):
+            for attempt in itertools.count():
                 balancer = self._balancer()
                 balancer.check_version(expected_version)
                 result = handler(balancer, command, meta, self.reserved)
@@ -87,10 +91,15 @@ class PortalApplication(Application[UUID]):
                 try:
                     self.save(balancer)
                 except IntegrityError:
+                    if time.monotonic() > deadline:
+                        raise ConcurrentWrites from None
+                    # Another writer won this version: back off (jittered, so that
+                    # contenders spread out) and redo the command on the new state.
                     log.info("write conflict on %s, retrying", type(command).__name__)
+                    time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
                     continue
                 return Outcome(result, balancer.version, events)
-        raise ConcurrentWrites
+        raise AssertionError("unreachable")
 
     def version(self) -> int:
         """The current version of the configuration (0 before the first write)."""
