@@ -78,7 +78,7 @@ class Settings(BaseModel):
     )
     cert_key_cipher: str = Field(
         "", alias="cert-key-cipher",
-        description="Base64 AES key encrypting cert private keys in the log ('' = kept in work-dir)",
+        description="Base64 AES key for cert private keys in the log ('' = kept in work-dir)",
     )
 
     @field_validator("log_level")
@@ -176,7 +176,7 @@ def load_settings(
     """Merge defaults < file < environment < flags (only flags the user gave)."""
     environ = os.environ if environ is None else environ
     env = from_environment(environ)
-    conf = flags.get("conf") or env.get("conf", "")
+    conf = flags.get("conf") or environ.get(ENV_PREFIX + "CONF", "")
     merged: dict[str, Any] = {}
     if conf:
         merged.update(read_file(conf))

@@ -367,3 +367,12 @@ def test_restart_restores_state(
     for path, before in snapshot.items():
         after: Answer = call("GET", s.url + path)
         assert (after.text, after.headers["ETag"]) == (before.text, before.headers["ETag"]), path
+
+
+def test_service_by_interface_takes_its_address(api: PortalServer) -> None:
+    answer = call("POST", api.url + "/services", {"interface": "lo", "port": 5555})
+    assert answer.status == 200
+    assert answer.json["host"] == "127.0.0.1" and answer.json["interface"] == "lo"
+    assert list(answer.json)[:3] == ["id", "host", "interface"]
+    missing = call("POST", api.url + "/services", {"interface": "nope0", "port": 5555})
+    assert missing.status == 400 and "nope0" in missing.json["error"]
