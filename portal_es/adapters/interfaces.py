@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import socket
 
-from pyroute2 import IPRoute
+from pyroute2 import AsyncIPRoute
 
 
 class NoSuchInterface(LookupError):
     pass
 
 
-def first_address(ifname: str) -> str:
+async def first_address(ifname: str) -> str:
     """The interface's first IPv4 address, else its first IPv6 one."""
-    with IPRoute() as ipr:
-        links = ipr.link_lookup(ifname=ifname)
+    async with AsyncIPRoute() as ipr:
+        links = await ipr.link_lookup(ifname=ifname)
         if not links:
             raise NoSuchInterface(f"no interface '{ifname}' on this node")
         for family in (socket.AF_INET, socket.AF_INET6):
-            for msg in ipr.get_addr(index=links[0], family=family):
-                address = msg.get_attr("IFA_ADDRESS")
+            async for msg in await ipr.get_addr(index=links[0], family=family):
+                address = msg.get("IFA_ADDRESS")
                 if address:
                     return str(address)
     raise NoSuchInterface(f"interface '{ifname}' has no address")

@@ -54,6 +54,10 @@ def _address(value: str, what: str) -> str:
         raise ValueError(f"invalid {what} '{value}': not an IP address") from None
 
 
+def is_interface_name(name: str) -> bool:
+    return bool(_IFNAME.match(name))
+
+
 def id_part(host: str) -> str:
     """Portal's id spelling of an address: dots become underscores."""
     return host.replace(".", "_")
@@ -118,7 +122,7 @@ class Service(_Model):
     @field_validator("interface")
     @classmethod
     def _interface(cls, v: str) -> str:
-        if v and not _IFNAME.match(v):
+        if v and not is_interface_name(v):
             raise ValueError(f"invalid interface name '{v}'")
         return v
 

@@ -24,7 +24,15 @@ from portal_es.adapters.interfaces import NoSuchInterface, first_address
 from portal_es.domain import commands as c
 from portal_es.domain.balancer import Meta
 from portal_es.domain.errors import DomainError, ServerNotFound, ServiceNotFound
-from portal_es.domain.models import CertBundle, ErrorPages, Route, Server, Service, Vip
+from portal_es.domain.models import (
+    CertBundle,
+    ErrorPages,
+    Route,
+    Server,
+    Service,
+    Vip,
+    is_interface_name,
+)
 from portal_es.domain.pem import fingerprint
 from portal_es.domain.state import BalancerState
 from portal_es.entrypoints import openapi
@@ -143,19 +151,20 @@ async def _body(request: web.Request) -> Any:
 # --- services ---------------------------------------------------------------------------
 
 
-def _with_interface_address(value: Any) -> Any:
+async def _with_interface_address(value: Any) -> Any:
     """A service given by interface takes that interface's address as its host."""
     value = folded(value)
-    if isinstance(value, dict) and isinstance(value.get("interface"), str) and value["interface"]:
+    name = value.get("interface") if isinstance(value, dict) else None
+    if isinstance(name, str) and is_interface_name(name):  # a bad name: the model says why
         try:
-            value["host"] = first_address(value["interface"])
+            value["host"] = await first_address(name)
         except NoSuchInterface as e:
             raise BadInput(str(e)) from None
     return value
 
 
 async def _service(request: web.Request) -> Service:
-    return to_model(Service, _with_interface_address(await _body(request)))
+    return to_model(Service, await _with_interface_address(await _body(request)))
 
 
 async def get_services(request: web.Request) -> web.Response:
@@ -170,7 +179,7 @@ async def post_service(request: web.Request) -> web.Response:
 
 async def put_services(request: web.Request) -> web.Response:
     body = await _body(request)
-    items = [_with_interface_address(v) for v in body] if isinstance(body, list) else body
+    items = [await _with_interface_address(v) for v in body] if isinstance(body, list) else body
     services, version = await _execute(request, c.ReplaceServices(to_models(Service, items)))
     return _json([s.portal_json() for s in services], version=version)
 

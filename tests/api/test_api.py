@@ -376,3 +376,5 @@ def test_service_by_interface_takes_its_address(api: PortalServer) -> None:
     assert list(answer.json)[:3] == ["id", "host", "interface"]
     missing = call("POST", api.url + "/services", {"interface": "nope0", "port": 5555})
     assert missing.status == 400 and "nope0" in missing.json["error"]
+    bad = call("POST", api.url + "/services", {"interface": "a b/c" * 10, "port": 5555})
+    assert bad.status == 400 and "interface" in bad.json["error"]
