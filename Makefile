@@ -10,7 +10,10 @@ API_PORT   ?= 8443
 PROXY_HTTP ?= 127.0.0.1:8080
 PROXY_TLS  ?= 127.0.0.1:8444
 
-.PHONY: install run test lint check-types unit clean
+# Debian packages the kernel tests need (installed by `make test` when missing and root).
+SYSTEM_DEPS := nftables libnftables1 iproute2 conntrack qemu-system-x86 busybox-static ipvsadm kmod cpio
+
+.PHONY: install system-deps run test lint check-types unit clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,13 +28,22 @@ run: install
 	$(BIN)/portal-es serve --work-dir $(WORK_DIR) --api-port $(API_PORT) \
 		--proxy-http $(PROXY_HTTP) --proxy-tls $(PROXY_TLS)
 
+system-deps:
+	@missing=$$(for p in $(SYSTEM_DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing:" $$missing; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		else echo "warning: not root, cannot install:" $$missing "(kernel tests will skip)"; fi; \
+	fi
+
 lint: install
 	$(BIN)/ruff check .
 
 check-types: install
 	$(BIN)/mypy portal_es projections migrations
 
-test: lint check-types
+test: system-deps lint check-types
 	$(BIN)/pytest -q -p no:cacheprovider
 
 unit: install
