@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -75,6 +76,23 @@ class Settings(BaseModel):
     work_dir: str = Field(
         default_factory=default_work_dir, alias="work-dir",
         description="Where the SQLite log, keys and generated certs live",
+    )
+    node_name: str = Field(
+        default_factory=socket.gethostname, alias="node-name", max_length=32,
+        description="This node's name in the log (tracking) and in errors",
+    )
+    no_vips: bool = Field(False, alias="no-vips", description="Do not manage vips on interfaces")
+    drain_timeout: float = Field(
+        30.0, alias="drain-timeout", ge=0,
+        description="Seconds a removed server keeps its connections before it is deleted",
+    )
+    reconcile_interval: float = Field(
+        30.0, alias="reconcile-interval", gt=0,
+        description="Seconds between full reconciles of the kernel with the log (repairs drift)",
+    )
+    apply_timeout: float = Field(
+        10.0, alias="apply-timeout", gt=0,
+        description="Seconds a write waits for the node to apply it before answering 202",
     )
     cert_key_cipher: str = Field(
         "", alias="cert-key-cipher",
@@ -167,6 +185,11 @@ def _coerce(key: str, value: Any) -> Any:
             return False
     if isinstance(value, str) and annotation is int and value.strip().isdigit():
         return int(value)
+    if isinstance(value, str) and annotation is float:
+        try:
+            return float(value)
+        except ValueError:
+            return value
     return value
 
 

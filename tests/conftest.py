@@ -40,6 +40,7 @@ class PortalServer:
     db_connection: str = ""
     token: str = ""
     tls: bool = False
+    kernel: bool = False  # program a data plane: only ever inside a namespace the test made
     port: int = field(default_factory=free_port)
     extra: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
@@ -65,6 +66,8 @@ class PortalServer:
             args += ["--db-connection", self.db_connection]
         if not self.tls:
             args.append("--insecure")
+        if not self.kernel:
+            args += ["--balancer", "none", "--no-vips"]
         return args + self.extra
 
     def start(self) -> PortalServer:

@@ -38,7 +38,9 @@ from portal_es.domain.state import BalancerState
 from portal_es.entrypoints import openapi
 from portal_es.entrypoints.json_input import BAD_JSON, BadInput, decode, folded, to_model, to_models
 from portal_es.service.app import PortalApplication
+from portal_es.service.coordinator import ChangeCoordinator
 from projections.audit import EventFilter, list_events
+from projections.node import NodeProjector
 from projections.state_view import StateView
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ MAX_BODY = 1024 * 1024  # 1 MiB: a whole configuration of thousands of services 
 SUCCESS = {"msg": "Success"}
 
 APP_KEY = web.AppKey("portal", PortalApplication)
+COORDINATOR_KEY = web.AppKey("coordinator", ChangeCoordinator)
 VIEW_KEY = web.AppKey("view", StateView)
 TOKEN_KEY = web.AppKey("token", str)
 EXECUTOR_KEY = web.AppKey("executor", ThreadPoolExecutor)
@@ -129,10 +132,9 @@ def _expected_version(request: web.Request) -> int | None:
 
 
 async def _execute(request: web.Request, command: c.Command) -> tuple[Any, int]:
-    app = request.app[APP_KEY]
     meta = Meta(actor=_actor(request.app[TOKEN_KEY]), request_id=request["request_id"])
     expected = _expected_version(request)
-    outcome = await _in_worker(request, lambda: app.execute(command, meta, expected))
+    outcome = await request.app[COORDINATOR_KEY].submit(command, meta, expected)
     for event in outcome.events:
         log.info("%s v%d by %s (request %s)", type(event).__name__, event.originator_version,
                  meta.actor, meta.request_id)
@@ -404,7 +406,10 @@ async def get_openapi(request: web.Request) -> web.Response:
     return _json(openapi.document())
 
 
-def create_app(app: PortalApplication, view: StateView, token: str) -> web.Application:
+def create_app(
+    app: PortalApplication, view: StateView, token: str, node: NodeProjector | None = None,
+    apply_timeout: float = 10.0,
+) -> web.Application:
     web_app = web.Application(
         middlewares=[errors_middleware, auth_middleware], client_max_size=MAX_BODY
     )
@@ -412,7 +417,9 @@ def create_app(app: PortalApplication, view: StateView, token: str) -> web.Appli
     web_app[VIEW_KEY] = view
     web_app[TOKEN_KEY] = token
     # One worker thread: store access stays sequential, so the read model needs no copies.
-    web_app[EXECUTOR_KEY] = ThreadPoolExecutor(1, thread_name_prefix="store")
+    executor = ThreadPoolExecutor(1, thread_name_prefix="store")
+    web_app[EXECUTOR_KEY] = executor
+    web_app[COORDINATOR_KEY] = ChangeCoordinator(app, executor, node, apply_timeout)
 
     async def shutdown(_: web.Application) -> None:
         web_app[EXECUTOR_KEY].shutdown(wait=True)

@@ -24,12 +24,15 @@ def serve(
     api_token: str = typer.Option(None, "--api-token", "-t"),
     proxy_http: str = typer.Option("127.0.0.1:8080", "--proxy-http"),
     proxy_tls: str = typer.Option("127.0.0.1:8444", "--proxy-tls"),
+    balancer: str = typer.Option(None, "--balancer"),
+    no_vips: bool = typer.Option(None, "--no-vips"),
 ) -> None:
     try:
         settings = load_settings({"api-host": api_host, "api-port": api_port, "insecure": insecure,
                                   "work-dir": work_dir, "db-connection": db_connection,
                                   "api-token": api_token, "proxy-http": proxy_http,
-                                  "proxy-tls": proxy_tls})
+                                  "proxy-tls": proxy_tls, "balancer": balancer,
+                                  "no-vips": no_vips})
     except ConfigError as e:
         raise typer.Exit(str(e)) from None
     server.run(settings)

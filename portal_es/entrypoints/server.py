@@ -7,14 +7,20 @@ import logging
 import os
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from aiohttp import web
 
 from portal_es.adapters import store, tls
+from portal_es.adapters.kernel import L4Dataplane
+from portal_es.adapters.kernel.choice import BalancerUnavailable, choose
+from portal_es.adapters.vips import VipManager
 from portal_es.config import Settings
 from portal_es.entrypoints.api import create_app
-from portal_es.service.app import PortalApplication
+from portal_es.service.app import PortalApplication, ServicePolicy
+from projections.l4 import virtual_service
+from projections.node import NodeProjector
 from projections.state_view import StateView
 
 log = logging.getLogger("portal_es")
@@ -41,7 +47,9 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def open_application(settings: Settings) -> PortalApplication:
+def open_application(
+    settings: Settings, policy: ServicePolicy | None = None
+) -> PortalApplication:
     """Migrate the store and open the application on it."""
     work_dir = Path(settings.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -49,13 +57,29 @@ def open_application(settings: Settings) -> PortalApplication:
     store.migrate(db_url)
     key = store.load_or_create_cipher_key(work_dir, settings.cert_key_cipher)
     return PortalApplication(
-        store.application_env(db_url, key), reserved=settings.reserved_sockets()
+        store.application_env(db_url, key), reserved=settings.reserved_sockets(), policy=policy
+    )
+
+
+def node_projector(settings: Settings, app: PortalApplication, l4: L4Dataplane) -> NodeProjector:
+    vips = None if settings.no_vips else VipManager(Path(settings.work_dir))
+    return NodeProjector(
+        app, settings.node_name, l4, vips=vips,
+        drain_timeout=timedelta(seconds=settings.drain_timeout),
+        reconcile_interval=settings.reconcile_interval,
     )
 
 
 def run(settings: Settings) -> None:
     configure_logging(settings)
-    app = open_application(settings)
+    try:
+        l4 = choose(settings.balancer, settings.just_proxy)
+    except BalancerUnavailable as e:
+        log.error("balancer %s: %s", settings.balancer, e)
+        sys.exit(1)
+    log.info("node %s: balancer %s", settings.node_name, l4.name)
+    app = open_application(settings, policy=lambda s: l4.unsupported(virtual_service(s)))
+    node = node_projector(settings, app, l4)
     view = StateView(app)
     started = time.perf_counter()
     view.catch_up()
@@ -74,7 +98,20 @@ def run(settings: Settings) -> None:
     scheme = "http" if settings.insecure else "https"
     log.info("API listening on %s://%s:%d (pid %d)", scheme, settings.api_host,
              settings.api_port, os.getpid())
-    web_app = create_app(app, view, settings.api_token)
+    web_app = create_app(app, view, settings.api_token, node, settings.apply_timeout)
+
+    async def start_node(_: web.Application) -> None:
+        applied = await node.start()
+        log.info("node %s applied the log up to position %d in %.0f ms%s", node.node_name,
+                 applied.position, applied.seconds * 1000,
+                 "" if applied.ok else f" with errors: {applied.errors}")
+
+    async def stop_node(_: web.Application) -> None:
+        # The data plane stays as it is: stopping portal-es must not stop the traffic.
+        await node.stop()
+
+    web_app.on_startup.append(start_node)
+    web_app.on_cleanup.append(stop_node)
     try:
         web.run_app(web_app, host=settings.api_host, port=settings.api_port,
                     ssl_context=ssl_context, print=None, access_log=None)

@@ -14,7 +14,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -28,7 +28,14 @@ from portal_es.adapters import transcodings
 from portal_es.domain.balancer import BALANCER_ID, Balancer, Meta, Socket
 from portal_es.domain.commands import Command
 from portal_es.domain.errors import DomainError
-from portal_es.domain.events import BalancerEvent
+from portal_es.domain.events import (
+    BalancerEvent,
+    ServerAdded,
+    ServerUpdated,
+    ServiceAdded,
+    ServiceUpdated,
+)
+from portal_es.domain.models import Service
 from portal_es.service.handlers import HANDLERS
 
 log = logging.getLogger(__name__)
@@ -46,20 +53,34 @@ class ConcurrentWrites(DomainError):
         super().__init__("Too many concurrent writes, try again")
 
 
+class Unsupported(DomainError):
+    """This node's data plane cannot express the change (e.g. ip-in-ip under nftables)."""
+
+
+# What a node's data plane says of a service: None when it can program it, else why not.
+ServicePolicy = Callable[[Service], str | None]
+
+
 @dataclass(frozen=True)
 class Outcome:
-    """What a command returned, the state version after it, and the events it appended."""
+    """What a command returned, the state version after it, the events it appended and the
+    log position of the last one (0 when it appended nothing)."""
 
     result: Any
     version: int
     events: Sequence[BalancerEvent]
+    position: int = 0
 
 
 class PortalApplication(Application[UUID]):
     name = "portal"  # table names: portal_events, portal_snapshots, portal_tracking
 
-    def __init__(self, env: dict[str, str], reserved: Iterable[Socket] = ()) -> None:
+    def __init__(
+        self, env: dict[str, str], reserved: Iterable[Socket] = (),
+        policy: ServicePolicy | None = None,
+    ) -> None:
         self.reserved = tuple(reserved)
+        self.policy = policy
         self._lock = threading.Lock()
         super().__init__(env)
 
@@ -88,8 +109,9 @@ class PortalApplication(Application[UUID]):
                 events = [e for e in balancer.pending_events if isinstance(e, BalancerEvent)]
                 if not balancer.pending_events:
                     return Outcome(result, balancer.version, [])
+                self._check_policy(balancer, events)
                 try:
-                    self.save(balancer)
+                    recordings = self.save(balancer)
                 except IntegrityError:
                     if time.monotonic() > deadline:
                         raise ConcurrentWrites from None
@@ -98,8 +120,33 @@ class PortalApplication(Application[UUID]):
                     log.info("write conflict on %s, retrying", type(command).__name__)
                     time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
                     continue
-                return Outcome(result, balancer.version, events)
+                position = recordings[-1].notification.id
+                return Outcome(result, balancer.version, events, position)
         raise AssertionError("unreachable")
+
+    def _check_policy(self, balancer: Balancer, events: Sequence[BalancerEvent]) -> None:
+        """Refuse services this node cannot program, before anything is saved."""
+        if self.policy is None:
+            return
+        touched = {e.service.id for e in events if isinstance(e, (ServiceAdded, ServiceUpdated))}
+        touched |= {e.service_id for e in events if isinstance(e, (ServerAdded, ServerUpdated))}
+        for service_id in touched:
+            service = balancer.state.services.get(service_id)
+            why = self.policy(service) if service is not None else None
+            if why:
+                raise Unsupported(why)
+
+    def compensate(
+        self, events: Sequence[BalancerEvent], meta: Meta, expected_version: int
+    ) -> Outcome:
+        """Append the inverse of `events` (one change), if nothing was written since."""
+        with self._lock:
+            balancer = self._balancer()
+            balancer.check_version(expected_version)
+            balancer.compensate(meta, events)
+            inverses = [e for e in balancer.pending_events if isinstance(e, BalancerEvent)]
+            recordings = self.save(balancer)
+            return Outcome(None, balancer.version, inverses, recordings[-1].notification.id)
 
     def version(self) -> int:
         """The current version of the configuration (0 before the first write)."""
