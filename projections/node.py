@@ -12,11 +12,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import Application
@@ -34,6 +34,7 @@ from projections.l4 import VirtualService, desired_services
 log = logging.getLogger(__name__)
 
 PAGE = 1000
+T = TypeVar("T")
 
 
 class ProxyPlane(Protocol):
@@ -154,7 +155,8 @@ class NodeProjector:
 
     # --- the asynchronous loop ------------------------------------------------------------
 
-    async def _in_worker(self, fn: Any, *args: Any) -> Any:
+    async def run_in_worker(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on the projector's thread (the one that owns its state and data planes)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _update_proxy(self) -> None:
@@ -163,7 +165,7 @@ class NodeProjector:
                               self.state.error_pages)
 
     async def run_once(self, full: bool = False) -> Applied:
-        applied: Applied = await self._in_worker(self.step, full)
+        applied = await self.run_in_worker(self.step, full)
         self._update_proxy()
         self.last = applied
         still_waiting = []

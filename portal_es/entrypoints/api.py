@@ -402,6 +402,25 @@ async def get_events(request: web.Request) -> web.Response:
     return _json({"events": events, "next": next_position})
 
 
+async def get_status(request: web.Request) -> web.Response:
+    """This node: which balancer, how far it applied the log, and how the kernel differs."""
+    node = request.app[COORDINATOR_KEY].node
+    head = await _in_worker(request, request.app[APP_KEY].recorder.max_notification_id) or 0
+    if node is None:
+        return _json({"node": None, "head": head})
+    drift = await node.run_in_worker(node.drift)
+    return _json({
+        "node": node.node_name,
+        "balancer": node.l4.name,
+        "head": head,
+        "applied": node.last.position,
+        "version": node.last.version,
+        "lag": head - node.last.position,
+        "errors": node.last.errors,
+        "drift": drift,
+    })
+
+
 async def get_openapi(request: web.Request) -> web.Response:
     return _json(openapi.document())
 
@@ -449,5 +468,6 @@ def create_app(
     r.add_get("/errors", get_errors)
     r.add_put("/errors", put_errors)
     r.add_get("/events", get_events)
+    r.add_get("/status", get_status)
     r.add_get("/openapi.json", get_openapi)
     return web_app

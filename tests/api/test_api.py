@@ -378,3 +378,13 @@ def test_service_by_interface_takes_its_address(api: PortalServer) -> None:
     assert missing.status == 400 and "nope0" in missing.json["error"]
     bad = call("POST", api.url + "/services", {"interface": "a b/c" * 10, "port": 5555})
     assert bad.status == 400 and "interface" in bad.json["error"]
+
+
+def test_status_names_the_node_and_its_position(api: PortalServer) -> None:
+    call("POST", api.url + "/services", {"host": "10.0.0.8", "port": 80})
+    status = call("GET", api.url + "/status").json
+    assert status["balancer"] == "none" and status["node"]
+    assert status["applied"] == status["head"] > 0 and status["lag"] == 0
+    assert status["errors"] == {}
+    assert status["drift"] == {"services": {"missing": [], "unexpected": [], "different": []},
+                               "vips": {"missing": []}}
