@@ -78,7 +78,7 @@ class Settings(BaseModel):
         description="Where the SQLite log, keys and generated certs live",
     )
     node_name: str = Field(
-        default_factory=socket.gethostname, alias="node-name", max_length=32,
+        default_factory=lambda: socket.gethostname()[:32], alias="node-name", max_length=32,
         description="This node's name in the log (tracking) and in errors",
     )
     no_vips: bool = Field(False, alias="no-vips", description="Do not manage vips on interfaces")
