@@ -351,6 +351,8 @@ COMMANDS = [
                   lambda v: Call("GET", "/errors", "errors")),
     ClientCommand("set-errors", "Set the proxy's error pages", (JSON_PAGES,),
                   lambda v: Call("PUT", "/errors", "errors", _json_object(v))),
+    ClientCommand("status", "Show the node: balancer, how far it applied the log, drift", (),
+                  lambda v: Call("GET", "/status", "status")),
 ]
 
 
@@ -539,6 +541,42 @@ def run_migrate(ctx: typer.Context, values: Values) -> None:
         typer.echo(f"{shown}: migrated from revision {before or '(empty store)'} to {after}")
 
 
+DRY_RUN = Opt("dry_run", ("--dry-run",), "Only print what would change", bool)
+NODE_SETTINGS = tuple(
+    o for o in SETTINGS
+    if o.name in ("db_connection", "work_dir", "balancer", "just_proxy", "no_vips", "node_name",
+                  "cert_key_cipher", "log_level")
+)
+
+
+def _maintenance(ctx: typer.Context, values: Values, action: Callable[[Settings], Any]) -> None:
+    """Run a node maintenance action here (it programs this node's kernel: needs root)."""
+    settings = _settings(settings_flags(ctx, values))
+    from portal_es.adapters.kernel.choice import BalancerUnavailable
+    from portal_es.entrypoints.server import configure_logging
+
+    configure_logging(settings)
+    try:
+        result = action(settings)
+    except BalancerUnavailable as e:
+        fail(f"portal-es: balancer {settings.balancer}: {e}", 1)
+    typer.echo(json.dumps(result, separators=(",", ":"), ensure_ascii=False))
+    if result.get("errors"):
+        raise typer.Exit(1)
+
+
+def run_rebuild(ctx: typer.Context, values: Values) -> None:
+    from portal_es.entrypoints import maintenance
+
+    _maintenance(ctx, values, lambda s: maintenance.rebuild(s, bool(values.get("dry_run"))))
+
+
+def run_flush(ctx: typer.Context, values: Values) -> None:
+    from portal_es.entrypoints import maintenance
+
+    _maintenance(ctx, values, maintenance.flush)
+
+
 def _revision(db_url: str) -> str | None:
     from alembic.runtime.migration import MigrationContext
     from sqlalchemy import create_engine
@@ -608,6 +646,12 @@ for _command in COMMANDS:
     )
 app.command("events", help="Show the audit log (every change: who, when, what)")(
     typer_command((*EVENTS, *GLOBAL), run_events)
+)
+app.command("rebuild", help="Restore this node's kernel and vips from the log (a diff)")(
+    typer_command((*NODE_SETTINGS, CONF, DRY_RUN), run_rebuild)
+)
+app.command("flush", help="Remove everything portal-es programmed on this node")(
+    typer_command((*NODE_SETTINGS, CONF), run_flush)
 )
 
 
