@@ -98,6 +98,24 @@ class Settings(BaseModel):
         "", alias="cert-key-cipher",
         description="Base64 AES key for cert private keys in the log ('' = kept in work-dir)",
     )
+    cluster_name: str = Field(
+        "portal-es", alias="cluster-name", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="The cluster's exchange on the broker (its queues are named after it)",
+    )
+    heartbeat_interval: float = Field(
+        1.0, alias="heartbeat-interval", gt=0,
+        description="Seconds between a cluster node's heartbeats",
+    )
+    node_timeout: float = Field(
+        5.0, alias="node-timeout", gt=0,
+        description="Seconds without a heartbeat after which a node is down: changes stop "
+                    "waiting for it (it catches up when back)",
+    )
+    change_timeout: float = Field(
+        60.0, alias="change-timeout", gt=0,
+        description="Seconds a cluster change may wait for live nodes; then it is recorded "
+                    "as timed out (and kept)",
+    )
 
     @field_validator("log_level")
     @classmethod
@@ -127,6 +145,28 @@ class Settings(BaseModel):
         for name, (host, port) in (("proxy-http", http), ("proxy-tls", tls)):
             if port == self.api_port and (host == self.api_host or host in ("0.0.0.0", "::")):
                 raise ValueError(f"{name} uses the API's port {port}")
+        return self
+
+    @model_validator(mode="after")
+    def _cluster(self) -> Settings:
+        if not self.cluster_connection:
+            return self
+        if not self.cluster_connection.startswith(("amqp://", "amqps://")):
+            raise ValueError("cluster-connection must be an amqp:// or amqps:// URL (RabbitMQ)")
+        if not self.db_connection.startswith(("postgres://", "postgresql://",
+                                              "postgresql+psycopg://")):
+            raise ValueError(
+                "cluster mode needs a shared log: set db-connection to a postgresql:// URL "
+                "(a SQLite log is a file on one machine, which the other nodes can neither "
+                "read nor write)")
+        if not self.cluster_token:
+            raise ValueError("cluster mode needs a cluster-token: every message between the "
+                             "nodes is signed with it")
+        if not self.cert_key_cipher:
+            raise ValueError("cluster mode needs cert-key-cipher, the same on every node: cert "
+                             "private keys in the shared log are encrypted with it")
+        if self.heartbeat_interval >= self.node_timeout:
+            raise ValueError("heartbeat-interval must be shorter than node-timeout")
         return self
 
     def reserved_sockets(self) -> list[tuple[str, int]]:

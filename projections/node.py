@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import IntegrityError, Tracking, TrackingRecorder
+from eventsourcing.persistence import IntegrityError, Notification, Tracking, TrackingRecorder
 
 from portal_es.adapters.kernel import DataplaneError, Drift, L4Dataplane
 from portal_es.adapters.vips import VipManager
@@ -28,6 +28,7 @@ from portal_es.domain.balancer import BALANCER_ID
 from portal_es.domain.events import BalancerEvent
 from portal_es.domain.models import CertBundle, ErrorPages, Route
 from portal_es.domain.state import BalancerState
+from projections import history
 from projections.drain import DrainSchedule
 from projections.l4 import VirtualService, desired_services
 
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 PAGE = 1000
 T = TypeVar("T")
+# Told of every apply: (what it gave, what the one before gave). The cluster acks with it.
+AppliedListener = Callable[["Applied", "Applied"], None]
 
 
 class ProxyPlane(Protocol):
@@ -87,32 +90,85 @@ class NodeProjector:
         self._wake = asyncio.Event()
         self._waiters: list[tuple[int, asyncio.Future[Applied]]] = []
         self._task: asyncio.Task[None] | None = None
+        self.listeners: list[AppliedListener] = []
+        self.duplicates = 0  # deliveries skipped: already folded (at-least-once delivery)
+        self._dirty = False  # configuration events folded since the planes last applied
+        self._errors: dict[str, str] = {}  # the planes' errors at their last apply
 
     # --- the synchronous core (one worker thread) ---------------------------------------
 
     def catch_up(self) -> None:
         """Fold everything the log has after our position."""
+        if self.position == 0:
+            self._resume()
         while True:
             notifications = self.app.recorder.select_notifications(
                 start=self.position, limit=PAGE, inclusive_of_start=False
             )
             for n in notifications:
-                event = self.app.mapper.to_domain_event(n)
-                if event.originator_id == BALANCER_ID:
-                    if isinstance(event, BalancerEvent):
-                        event.evolve(self.state)
-                        self.drains.observe(event)
-                    self.version = event.originator_version
-                self.position = n.id
+                self._fold(n)
             if len(notifications) < PAGE:
                 return
+
+    def _resume(self) -> None:
+        """Start from the newest snapshot rather than position 0 (history.resume), and
+        observe again the events recent enough that a server they removed still drains."""
+        folded = history.resume(self.app)
+        self.state, self.version, self.position = folded.state, folded.version, folded.position
+        self.drains = DrainSchedule(self.drains.timeout)
+        if folded.position:
+            since = datetime.now(UTC) - self.drains.timeout
+            for event in history.recent_events(self.app, folded.position, since):
+                self.drains.observe(event)
+        self._dirty = self._full_sync_needed = True
+
+    def _fold(self, n: Notification) -> None:
+        if n.originator_id == BALANCER_ID and n.originator_version != self.version + 1:
+            # Versions jump: the log was archived past us. Its snapshot has what we missed.
+            log.warning("node %s: version %d follows %d: resuming from a snapshot",
+                        self.node_name, n.originator_version, self.version)
+            self._resume()
+            if n.id <= self.position:
+                return
+            if n.originator_version != self.version + 1:
+                raise history.LogGap(f"no snapshot covers version {n.originator_version}")
+        event = self.app.mapper.to_domain_event(n)
+        if event.originator_id == BALANCER_ID:
+            if isinstance(event, BalancerEvent):
+                event.evolve(self.state)
+                self.drains.observe(event)
+                self._dirty = True
+            self.version = event.originator_version
+        self.position = n.id
+
+    def feed(self, after: int, notifications: Sequence[Notification]) -> bool:
+        """Fold a batch the broker delivered: the events after position `after`, in log
+        order. False when it held nothing new (a duplicate: skipped by position). When it
+        starts beyond our position, something was missed: the store has it."""
+        if not notifications or notifications[-1].id <= self.position:
+            self.duplicates += 1
+            return False
+        if after > self.position:
+            self.catch_up()
+            return True
+        for n in notifications:
+            if n.id > self.position:
+                self._fold(n)
+        return True
 
     def desired_l4(self) -> dict[str, VirtualService]:
         return desired_services(self.state, self.drains.active(datetime.now(UTC)))
 
-    def apply(self, full: bool = False) -> Applied:
-        """Make every data plane match the folded state; never raises for a plane's failure."""
+    def apply(self, full: bool = False, planes: bool = True) -> Applied:
+        """Make every data plane match the folded state; never raises for a plane's failure.
+        planes=False: nothing the planes hold changed (only saga or membership events were
+        folded): record the position, keep the last errors."""
         started = time.perf_counter()
+        if not (planes or full):
+            self._record_position()
+            return Applied(self.position, self.version, dict(self._errors),
+                           time.perf_counter() - started)
+        self._dirty = False
         errors: dict[str, str] = {}
         try:
             report = self.l4.sync(self.desired_l4(), full=full or self._full_sync_needed)
@@ -127,6 +183,7 @@ class NodeProjector:
             errors.update(self.vips.sync(list(self.state.vips.values())).errors)
         for what, why in errors.items():
             log.error("applying position %d failed: %s: %s", self.position, what, why)
+        self._errors = dict(errors)
         self._record_position()
         return Applied(self.position, self.version, errors, time.perf_counter() - started)
 
@@ -164,10 +221,37 @@ class NodeProjector:
             self.proxy.update(list(self.state.routes.values()), list(self.state.certs.values()),
                               self.state.error_pages)
 
+    def _step_delivered(
+        self, after: int, notifications: Sequence[Notification]
+    ) -> tuple[Applied, bool] | None:
+        if not self.feed(after, notifications):
+            return None
+        changed = self._dirty
+        return self.apply(planes=changed), changed
+
+    async def deliver(self, after: int, notifications: Sequence[Notification]) -> Applied | None:
+        """Apply a batch from the broker (None: a duplicate, skipped)."""
+        stepped = await self.run_in_worker(self._step_delivered, after, notifications)
+        if stepped is None:
+            return None
+        applied, changed = stepped
+        self._finish(applied, proxy=changed)
+        return applied
+
     async def run_once(self, full: bool = False) -> Applied:
         applied = await self.run_in_worker(self.step, full)
-        self._update_proxy()
-        self.last = applied
+        self._finish(applied)
+        return applied
+
+    def _finish(self, applied: Applied, proxy: bool = True) -> None:
+        if proxy:
+            self._update_proxy()
+        previous, self.last = self.last, applied
+        for listener in self.listeners:
+            try:
+                listener(applied, previous)
+            except Exception:
+                log.exception("node %s: a listener failed", self.node_name)
         still_waiting = []
         for position, future in self._waiters:
             if position <= applied.position:
@@ -176,7 +260,6 @@ class NodeProjector:
             else:
                 still_waiting.append((position, future))
         self._waiters = still_waiting
-        return applied
 
     def _sleep_for(self) -> float:
         deadline = self.drains.next_deadline()

@@ -1,8 +1,9 @@
 """The read model: the configuration folded from the log, for GETs.
 
 It follows the log by position (notification id), so it also sees what other writers
-(other processes, other nodes) appended. `catch_up` before a read makes reads
-read-your-writes: a write is in the log before its answer is sent.
+(other processes, other nodes) appended. It starts from the newest snapshot, not position 0.
+`catch_up` before a read makes reads read-your-writes: a write is in the log before its
+answer is sent.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from eventsourcing.domain import DomainEventProtocol
 from portal_es.domain.balancer import BALANCER_ID
 from portal_es.domain.events import BalancerEvent
 from portal_es.domain.state import BalancerState
+from projections import history
 
 T = TypeVar("T")
 PAGE = 1000
@@ -38,12 +40,29 @@ class StateView:
             event.evolve(self.state)
         self.version = event.originator_version
 
+    def _resume(self) -> None:
+        """Start from the newest readable snapshot, not from position 0."""
+        folded = history.resume(self._app)
+        self.state, self.version, self.position = folded.state, folded.version, folded.position
+
     def catch_up(self) -> None:
+        if self.position == 0:
+            self._resume()
         while True:
             notifications = self._app.recorder.select_notifications(
                 start=self.position, limit=PAGE, inclusive_of_start=False
             )
             for notification in notifications:
+                if notification.id <= self.position:
+                    continue  # already in the snapshot resumed from below
+                if (notification.originator_id == BALANCER_ID
+                        and notification.originator_version != self.version + 1):
+                    self._resume()  # the log was archived past us: its snapshot has it
+                    if notification.id <= self.position:
+                        continue
+                    if notification.originator_version != self.version + 1:
+                        raise history.LogGap(
+                            f"no snapshot covers version {notification.originator_version}")
                 self._fold(self._app.mapper.to_domain_event(notification))
                 self.position = notification.id
             if len(notifications) < PAGE:

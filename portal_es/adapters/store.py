@@ -9,7 +9,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from eventsourcing.cryptography import AESCipher
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 SQLITE_FILE = "portal-es.db"
 CIPHER_KEY_FILE = "cert-key-cipher.key"
+MIGRATION_LOCK = 0x504553_4D4947  # PostgreSQL advisory lock key of migrations ("PESMIG")
 
 
 class StoreConfigError(ValueError):
@@ -75,6 +76,11 @@ def migrate(db_url: str) -> None:
     engine = create_engine(db_url)
     try:
         with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Cluster nodes start together: one migrates, the others wait, then find
+                # nothing to do (held until this transaction ends).
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                                   {"key": MIGRATION_LOCK})
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "head")
     finally:

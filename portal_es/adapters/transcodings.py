@@ -13,6 +13,7 @@ from typing import Any
 from eventsourcing.persistence import Cipher, JSONTranscoder, Transcoding
 
 from portal_es.domain.models import CertBundle, ErrorPages, Route, Server, Service, Vip
+from portal_es.domain.state import BalancerState
 
 
 def _server(data: dict[str, Any]) -> Server:
@@ -92,7 +93,35 @@ class CertBundleWithEncryptedKey(Transcoding):
         return CertBundle.model_construct(cert=data["cert"], key=key)
 
 
+class BalancerStateAsLists(Transcoding):
+    """The folded state, for snapshots. JSON objects have string keys only and route keys are
+    tuples, so each collection is a list of [key, value] pairs in order; keys are stored
+    rather than derived again on load (a cert's id is a fingerprint: parsing it costs)."""
+
+    type = BalancerState
+    name = "balancer_state"
+
+    def encode(self, obj: BalancerState) -> dict[str, Any]:
+        return {
+            "services": [[k, v] for k, v in obj.services.items()],
+            "routes": [[list(k), v] for k, v in obj.routes.items()],
+            "certs": [[k, v] for k, v in obj.certs.items()],
+            "vips": [[k, v] for k, v in obj.vips.items()],
+            "error_pages": obj.error_pages,
+        }
+
+    def decode(self, data: dict[str, Any]) -> BalancerState:
+        return BalancerState(
+            services=dict(data["services"]),
+            routes={(k[0], k[1], k[2]): v for k, v in data["routes"]},
+            certs=dict(data["certs"]),
+            vips=dict(data["vips"]),
+            error_pages=data["error_pages"],
+        )
+
+
 def register(transcoder: JSONTranscoder, cipher: Cipher) -> None:
     for transcoding in (ServiceAsDict(), ServerAsDict(), RouteAsDict(), VipAsDict(),
-                        ErrorPagesAsDict(), CertBundleWithEncryptedKey(cipher)):
+                        ErrorPagesAsDict(), CertBundleWithEncryptedKey(cipher),
+                        BalancerStateAsLists()):
         transcoder.register(transcoding)

@@ -306,6 +306,31 @@ class Balancer(Aggregate):
             self._trigger(meta, ev.ErrorPagesSet, pages=pages, previous=self.state.error_pages)
         return pages
 
+    # --- history --------------------------------------------------------------------------
+
+    def restore(
+        self, meta: Meta, target: BalancerState, reserved: Iterable[Socket],
+        point: tuple[int, int, str], reason: str,
+    ) -> BalancerState:
+        """Make the configuration equal `target` (the state at an earlier point of the log,
+        `point` = (position, version, time)) with the usual events, the smallest set each
+        PUT of a whole list would make, then a Restored marker naming the point and why.
+        Checked like those PUTs (sockets, vips); a restore that changes nothing triggers
+        nothing."""
+        before = len(self.pending_events)
+        self.replace_services(meta, list(target.services.values()), reserved)
+        self.replace_routes(meta, list(target.routes.values()))
+        self.replace_certs(meta, list(target.certs.values()))
+        self.replace_vips(meta, list(target.vips.values()))
+        self.set_error_pages(meta, target.error_pages)
+        if len(self.pending_events) > before:
+            position, version, time = point
+            self._trigger(
+                meta, ev.Restored, restored_position=position, restored_version=version,
+                restored_time=time, reason=reason,
+            )
+        return self.state
+
     # --- compensation ---------------------------------------------------------------------
 
     def compensate(self, meta: Meta, applied: Sequence[ev.BalancerEvent]) -> None:

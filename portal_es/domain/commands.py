@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from portal_es.domain.models import CertBundle, ErrorPages, Route, RouteKey, Server, Service, Vip
+from portal_es.domain.state import BalancerState
 
 
 class Command:
@@ -98,3 +99,14 @@ class RemoveVip(Command):
 @dataclass(frozen=True)
 class SetErrorPages(Command):
     pages: ErrorPages
+
+
+@dataclass(frozen=True)
+class RestoreState(Command):
+    """Put the configuration back as it was at a point of the log (folded by the caller)."""
+
+    target: BalancerState
+    position: int  # the point: log position, Balancer version, time of its last event
+    version: int
+    time: str
+    reason: str

@@ -4,6 +4,13 @@ Each event knows how to evolve the folded state (`evolve`, pure, runs again on e
 and what undoes it (`inverse`): compensation is data, new events, never a side channel.
 Added/Removed events carry the position of the object in its list, so that an inverse puts
 it back exactly where it was and GET output after a rollback equals GET output before.
+
+Schema evolution: events written by every earlier version must keep loading (the log is the
+backup; tests/history/fixtures/log-v1.jsonl is a log recorded by version 1). Topics
+(module:ClassName) are stored with every event: a class that moves or is renamed keeps its old
+topic through eventsourcing.utils.register_topic. A class whose fields change gets
+`class_version = N + 1` and a static `upcast_vN_vN+1(state: dict) -> None` that turns the
+stored fields of version N into those of N + 1 (the library runs them in order on load).
 """
 
 from __future__ import annotations
@@ -267,3 +274,35 @@ class ErrorPagesSet(BalancerEvent):
     def inverse(self) -> Inverse:
         return ErrorPagesSet, {"pages": self.previous, "previous": self.pages}
 
+
+
+# --- history ------------------------------------------------------------------------------
+
+
+class Restored(BalancerEvent):
+    """The configuration was put back as it was at an earlier point of the log.
+
+    The events just before this marker (same request) carried the change itself; this one
+    names the point restored to and why, so the audit log reads "restored to P by X: reason".
+    It changes no state: folding it is a no-op, and the log stays linear.
+    """
+
+    restored_position: int
+    restored_version: int
+    restored_time: str  # ISO 8601 time of the last event at or before that point ("" = none)
+    reason: str
+
+    def inverse(self) -> Inverse:
+        return RestoreRolledBack, self.payload()
+
+
+class RestoreRolledBack(BalancerEvent):
+    """A restore that a node could not apply was undone (compensation of `Restored`)."""
+
+    restored_position: int
+    restored_version: int
+    restored_time: str
+    reason: str
+
+    def inverse(self) -> Inverse:
+        return Restored, self.payload()

@@ -33,6 +33,7 @@ _LABEL = r"(\*|[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)"
 _HOSTNAME = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")
 _IFNAME = re.compile(r"^[^\s/:]{1,15}$")
 _ALIAS = re.compile(r"^[^\s/]{1,15}$")
+_URL_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
 
 Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
 NonNegative = Annotated[int, Field(strict=True, ge=0)]
@@ -55,7 +56,7 @@ def _address(value: str, what: str) -> str:
 
 
 def is_interface_name(name: str) -> bool:
-    return bool(_IFNAME.match(name))
+    return bool(_IFNAME.fullmatch(name))
 
 
 def id_part(host: str) -> str:
@@ -202,7 +203,7 @@ class Route(_Model):
     @field_validator("subdomain", "domain", "host")
     @classmethod
     def _hostname(cls, v: str) -> str:
-        if v and not _HOSTNAME.match(v):
+        if v and not _HOSTNAME.fullmatch(v):  # fullmatch: "$" takes a final "\n"
             raise ValueError(f"invalid host name '{v}'")
         return v.lower()
 
@@ -222,6 +223,8 @@ class Route(_Model):
     @classmethod
     def _targets(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for target in v:
+            if _URL_UNSAFE.search(target):  # urlsplit would silently drop some of them
+                raise ValueError(f"invalid target '{target}': spaces or control characters")
             parts = urlsplit(target)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"invalid target '{target}': must be an http(s) URL")
@@ -309,14 +312,14 @@ class Vip(_Model):
     @field_validator("interface")
     @classmethod
     def _interface(cls, v: str) -> str:
-        if v and not _IFNAME.match(v):
+        if v and not _IFNAME.fullmatch(v):
             raise ValueError(f"invalid interface name '{v}'")
         return v
 
     @field_validator("alias")
     @classmethod
     def _alias(cls, v: str) -> str:
-        if v and not _ALIAS.match(v):
+        if v and not _ALIAS.fullmatch(v):
             raise ValueError(f"invalid alias '{v}': 1-15 characters, no spaces")
         return v
 

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +39,7 @@ from portal_es.domain.state import BalancerState
 from portal_es.entrypoints import openapi
 from portal_es.entrypoints.json_input import BAD_JSON, BadInput, decode, folded, to_model, to_models
 from portal_es.service.app import PortalApplication
-from portal_es.service.coordinator import ChangeCoordinator
+from portal_es.service.coordinator import ChangeCoordinator, ChangePending
 from projections.audit import EventFilter, list_events
 from projections.node import NodeProjector
 from projections.state_view import StateView
@@ -49,6 +50,7 @@ T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_BODY = 1024 * 1024  # 1 MiB: a whole configuration of thousands of services fits
+MAX_QUERY_INT = 2**63 - 1  # log positions are signed 64-bit integers in every store
 SUCCESS = {"msg": "Success"}
 
 APP_KEY = web.AppKey("portal", PortalApplication)
@@ -87,14 +89,20 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except DomainError as e:
-        return _error(e.status, str(e))
+        response = _error(e.status, str(e))
+        if isinstance(e, ChangePending) and e.location:  # 202: where to follow the change
+            response.headers["Location"] = e.location
+        return response
     except BadInput as e:
         return _error(400, str(e))
     except web.HTTPRequestEntityTooLarge:
         return _error(413, f"Request body too large (limit {MAX_BODY} bytes)")
     except web.HTTPException as e:
         if e.status >= 400:
-            return _error(e.status, e.reason)
+            response = _error(e.status, e.reason)
+            if "Allow" in e.headers:  # a 405 must name the allowed methods (RFC 9110)
+                response.headers["Allow"] = e.headers["Allow"]
+            return response
         raise
     except Exception:
         log.exception("internal error in %s %s (request %s)", request.method, request.path,
@@ -121,20 +129,24 @@ async def _in_worker(request: web.Request, fn: Callable[[], T]) -> T:
     return await asyncio.get_running_loop().run_in_executor(request.app[EXECUTOR_KEY], fn)
 
 
+_IF_MATCH = re.compile(r'\*|(?:W/)?"([0-9]+)"')
+
+
 def _expected_version(request: web.Request) -> int | None:
-    value = request.headers.get("If-Match", "").strip()
-    if not value or value == "*":
+    value = request.headers.get("If-Match")
+    if value is None:
         return None
-    try:
-        return int(value.removeprefix("W/").strip('"'))
-    except ValueError:
-        raise BadInput(f"If-Match must be a version this API sent as ETag, not {value!r}") from None
+    match = _IF_MATCH.fullmatch(value.strip())
+    if match is None:
+        raise BadInput(f"If-Match must be a version this API sent as ETag, not {value!r}")
+    return None if match.group(1) is None else int(match.group(1))
 
 
 async def _execute(request: web.Request, command: c.Command) -> tuple[Any, int]:
     meta = Meta(actor=_actor(request.app[TOKEN_KEY]), request_id=request["request_id"])
     expected = _expected_version(request)
-    outcome = await request.app[COORDINATOR_KEY].submit(command, meta, expected)
+    key = request.headers.get("Idempotency-Key") or None  # a retry with it appends nothing
+    outcome = await request.app[COORDINATOR_KEY].submit(command, meta, expected, key)
     for event in outcome.events:
         log.info("%s v%d by %s (request %s)", type(event).__name__, event.originator_version,
                  meta.actor, meta.request_id)
@@ -279,11 +291,13 @@ async def put_routes(request: web.Request) -> web.Response:
 
 async def delete_route(request: web.Request) -> web.Response:
     raw = await request.read()
+    keys = ("subdomain", "domain", "path")
+    fields = {k: request.query[k] for k in keys if k in request.query}
     if raw.strip():
+        if fields:  # which one was meant? refuse rather than guess
+            raise BadInput("give the route in the body or in the query, not both")
         route = to_model(Route, decode(raw))
     else:
-        keys = ("subdomain", "domain", "path")
-        fields = {k: request.query[k] for k in keys if k in request.query}
         route = to_model(Route, fields)
     _, version = await _execute(request, c.RemoveRoute(route.key))
     return _json(SUCCESS, version=version)
@@ -368,8 +382,11 @@ def _int_param(request: web.Request, name: str, default: int | None = None) -> i
     value = request.query.get(name)
     if value is None or value == "":
         return default
-    if not value.isdigit():
-        raise BadInput(f"query parameter '{name}' must be a non-negative integer")
+    # ASCII only: str.isdigit() also takes "²", which int() refuses; positions are 64-bit
+    # (and int() refuses strings of thousands of digits: check the length first).
+    digits = value.isascii() and value.isdigit() and len(value) <= len(str(MAX_QUERY_INT))
+    if not digits or int(value) > MAX_QUERY_INT:
+        raise BadInput(f"query parameter '{name}' must be an integer from 0 to {MAX_QUERY_INT}")
     return int(value)
 
 
@@ -385,9 +402,9 @@ def _time_param(request: web.Request, name: str) -> datetime | None:
 
 
 async def get_events(request: web.Request) -> web.Response:
-    limit = _int_param(request, "limit", 100) or 100
-    if limit > 1000:
-        raise BadInput("query parameter 'limit' must be at most 1000")
+    limit = _int_param(request, "limit", 100) or 0
+    if not 1 <= limit <= 1000:
+        raise BadInput("query parameter 'limit' must be 1 to 1000")
     event_filter = EventFilter(
         since=_int_param(request, "since"),
         until=_int_param(request, "until"),
@@ -428,6 +445,7 @@ async def get_openapi(request: web.Request) -> web.Response:
 def create_app(
     app: PortalApplication, view: StateView, token: str, node: NodeProjector | None = None,
     apply_timeout: float = 10.0,
+    coordinator: Callable[[ThreadPoolExecutor], ChangeCoordinator] | None = None,
 ) -> web.Application:
     web_app = web.Application(
         middlewares=[errors_middleware, auth_middleware], client_max_size=MAX_BODY
@@ -438,7 +456,10 @@ def create_app(
     # One worker thread: store access stays sequential, so the read model needs no copies.
     executor = ThreadPoolExecutor(1, thread_name_prefix="store")
     web_app[EXECUTOR_KEY] = executor
-    web_app[COORDINATOR_KEY] = ChangeCoordinator(app, executor, node, apply_timeout)
+    web_app[COORDINATOR_KEY] = (  # cluster mode brings its own (the saga across nodes)
+        coordinator(executor) if coordinator else ChangeCoordinator(app, executor, node,
+                                                                    apply_timeout)
+    )
 
     async def shutdown(_: web.Application) -> None:
         web_app[EXECUTOR_KEY].shutdown(wait=True)
@@ -470,4 +491,7 @@ def create_app(
     r.add_get("/events", get_events)
     r.add_get("/status", get_status)
     r.add_get("/openapi.json", get_openapi)
+    from portal_es.entrypoints import history_api  # it builds on this module's helpers
+
+    history_api.add_routes(web_app)
     return web_app

@@ -16,6 +16,7 @@ import enum
 import inspect
 import json
 import os
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -71,6 +72,7 @@ class Opt:
     metavar: str | None = None
     from_file: bool = False  # "@path" reads the value from a file
     minimum: int | None = None
+    positional: bool = False  # an argument (`diff A B`), not an option; decls[0] names it
 
     @property
     def hint(self) -> str:
@@ -81,7 +83,9 @@ class Opt:
         # (env and config file fill what flags left out); the real default is shown instead.
         hidden = self.default is None or self.default == "" or self.default is False
         shown = "" if hidden else f" [default: {self.default}]"
-        option = typer.Option(
+        option = typer.Argument(
+            help=self.help, metavar=self.decls[0], show_default=False,
+        ) if self.positional else typer.Option(
             *self.decls, help=self.help + shown, min=self.minimum,
             metavar=self.metavar or METAVARS.get(self.type),
         )
@@ -223,6 +227,31 @@ EVENTS = (
     Opt("limit", ("--limit",), "At most this many events (else all of them)", int, minimum=1),
     Opt("page_size", ("--page-size",), "Events per request", int, default=1000, minimum=1),
 )
+# A point of the log: a position (as `events` shows them) or an ISO 8601 time (the last event
+# at or before it).
+AT = Opt("at", ("--at",), "A point of the log: position (as in `events`) or ISO 8601 time",
+         metavar="POINT")
+REASON = Opt("reason", ("--reason",), "Why: recorded with the restore, shown by `events`")
+POINT_A = Opt("a", ("A",), "The earlier point: log position or ISO 8601 time", positional=True)
+POINT_B = Opt("b", ("B",), "The later point (else now)", positional=True)
+
+
+def _state_query(values: Values) -> str:
+    at = values.get("at")
+    return "" if at is None else "?" + urllib.parse.urlencode({"at": at})
+
+
+def _diff_query(values: Values) -> str:
+    if not values.get("a"):
+        raise BadInput("'A'", "required: the earlier point (log position or ISO 8601 time)")
+    query = {"from": values.get("a"), "to": values.get("b")}
+    return "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+
+
+def _restore_body(values: Values) -> dict[str, Any]:
+    if not values.get("at"):
+        raise BadInput("'--at'", "required: the point of the log to restore")
+    return {"at": values["at"], "reason": values.get("reason") or ""}
 
 
 # --- turning values into a request ---------------------------------------------------------
@@ -353,6 +382,15 @@ COMMANDS = [
                   lambda v: Call("PUT", "/errors", "errors", _json_object(v))),
     ClientCommand("status", "Show the node: balancer, how far it applied the log, drift", (),
                   lambda v: Call("GET", "/status", "status")),
+    ClientCommand("show", "Show the whole configuration, now or --at a point of the log", (AT,),
+                  lambda v: Call("GET", "/state" + _state_query(v), "state")),
+    ClientCommand("diff", "Show what changed between two points of the log, per object",
+                  (POINT_A, POINT_B),
+                  lambda v: Call("GET", "/state/diff" + _diff_query(v), "diff")),
+    ClientCommand("restore",
+                  "Restore the configuration of a point of the log (recorded as events; "
+                  "applied by the server's node like any change)", (AT, REASON),
+                  lambda v: Call("POST", "/state/restore", "state", _restore_body(v))),
 ]
 
 
@@ -568,7 +606,78 @@ def _maintenance(ctx: typer.Context, values: Values, action: Callable[[Settings]
 def run_rebuild(ctx: typer.Context, values: Values) -> None:
     from portal_es.entrypoints import maintenance
 
-    _maintenance(ctx, values, lambda s: maintenance.rebuild(s, bool(values.get("dry_run"))))
+    if values.get("reason") and not values.get("at"):
+        raise typer.BadParameter("only with --at", ctx=ctx, param_hint=REASON.hint)
+    _maintenance(ctx, values, lambda s: maintenance.rebuild(
+        s, bool(values.get("dry_run")), values.get("at"), values.get("reason") or ""))
+
+
+# --- the log's own commands: on the store, no server needed -----------------------------------
+
+STORE_SETTINGS = tuple(
+    o for o in SETTINGS if o.name in ("db_connection", "work_dir", "cert_key_cipher", "log_level")
+)
+UNTIL = Opt("until", ("--until",), "Only up to this point (log position or ISO 8601 time)",
+            metavar="POINT")
+EXPORT = Opt("export", ("--export",), "Write the log to this new file instead of printing it",
+             metavar="FILE")
+IMPORT = Opt("import_files", ("--import",),
+             "Import this log file into the store (empty, or whose log the file continues); "
+             "repeat for an archive, then the export that follows it", list[str],
+             metavar="FILE")
+ARCHIVE_FILE = Opt("file", ("--file",), "The new archive file (JSON lines)", metavar="FILE")
+FORCE = Opt("force", ("--force",), "Archive even what a node has not applied yet", bool)
+
+
+def _on_store(ctx: typer.Context, values: Values, action: Callable[[Any], Any]) -> None:
+    """Run `action(app)` on the store this node's settings name; print its JSON result."""
+    settings = _settings(settings_flags(ctx, values))
+    from portal_es.domain.errors import DomainError
+    from portal_es.entrypoints import log_commands
+    from portal_es.entrypoints.server import configure_logging
+
+    configure_logging(settings)
+    app = log_commands.open_store(settings)
+    try:
+        result = action(app)
+    except DomainError as e:
+        fail(f"portal-es: {e}", 1)
+    except OSError as e:
+        fail(f"portal-es: {e.filename or ''}: {e.strerror}", 1)
+    finally:
+        app.close()
+    if result is not None:
+        typer.echo(json.dumps(result, separators=(",", ":"), ensure_ascii=False))
+
+
+def run_replay(ctx: typer.Context, values: Values) -> None:
+    from portal_es.entrypoints import log_commands as lc
+
+    export, imports, until = values.get("export"), values.get("import_files"), values.get("until")
+    if export and imports:
+        raise typer.BadParameter("export or import, not both", ctx=ctx, param_hint=IMPORT.hint)
+    if imports and until:
+        raise typer.BadParameter("only for printing or --export", ctx=ctx,
+                                 param_hint=UNTIL.hint)
+    if imports:
+        _on_store(ctx, values, lambda app: lc.replay_import(app, [Path(f) for f in imports]))
+    elif export:
+        _on_store(ctx, values, lambda app: lc.replay_export(app, Path(export), until))
+    else:  # the log itself on stdout: JSON lines, nothing else
+        stdout = typer.get_text_stream("stdout")
+        _on_store(ctx, values, lambda app: lc.replay_print(app, stdout, until) and None)
+
+
+def run_archive(ctx: typer.Context, values: Values) -> None:
+    from portal_es.entrypoints import log_commands as lc
+
+    until, path = values.get("until"), values.get("file")
+    if not until:
+        raise typer.BadParameter("required", ctx=ctx, param_hint=UNTIL.hint)
+    if not path:
+        raise typer.BadParameter("required", ctx=ctx, param_hint=ARCHIVE_FILE.hint)
+    _on_store(ctx, values,
+              lambda app: lc.archive(app, until, Path(path), bool(values.get("force"))))
 
 
 def run_flush(ctx: typer.Context, values: Values) -> None:
@@ -647,8 +756,19 @@ for _command in COMMANDS:
 app.command("events", help="Show the audit log (every change: who, when, what)")(
     typer_command((*EVENTS, *GLOBAL), run_events)
 )
-app.command("rebuild", help="Restore this node's kernel and vips from the log (a diff)")(
-    typer_command((*NODE_SETTINGS, CONF, DRY_RUN), run_rebuild)
+app.command("rebuild", help="Restore this node's kernel and vips from the log (a diff); "
+                            "--at restores the configuration of a past point first (recorded "
+                            "as events, written straight into the store: for a node whose "
+                            "server is not running; else use `restore`)")(
+    typer_command((*NODE_SETTINGS, CONF, DRY_RUN, AT, REASON), run_rebuild)
+)
+app.command("replay", help="Print the log (JSON lines), export it to a file, or import files "
+                           "into the store (backup, restore, SQLite <-> PostgreSQL)")(
+    typer_command((*STORE_SETTINGS, CONF, UNTIL, EXPORT, IMPORT), run_replay)
+)
+app.command("archive", help="Move the log up to a point into a file, keeping a snapshot of "
+                            "the state there (the file replays with `replay --import`)")(
+    typer_command((*STORE_SETTINGS, CONF, UNTIL, ARCHIVE_FILE, FORCE), run_archive)
 )
 app.command("flush", help="Remove everything portal-es programmed on this node")(
     typer_command((*NODE_SETTINGS, CONF), run_flush)

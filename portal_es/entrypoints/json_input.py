@@ -31,12 +31,36 @@ class BadInput(ValueError):
     """Input refused before anything was written; the message is for the client."""
 
 
+MAX_DEPTH = 32  # Portal's deepest body (a list of services with servers) is 4 deep
+
+
+def _valid(value: Any) -> bool:
+    """No nesting deeper than MAX_DEPTH, no lone surrogate ("\\ud800") in any string."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, (dict, list)):
+            if depth == MAX_DEPTH:
+                return False
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return True
+
+
 def decode(body: bytes) -> Any:
     """Bytes -> JSON value, refusing invalid UTF-8 and invalid JSON alike."""
     try:
-        return json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        value = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise BadInput(BAD_JSON) from None
+    if not _valid(value):  # it could not be stored, or folded without a RecursionError
+        raise BadInput(BAD_JSON)
+    return value
 
 
 def _fold_keys(value: Any) -> Any:

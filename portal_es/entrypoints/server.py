@@ -98,16 +98,30 @@ def run(settings: Settings) -> None:
     scheme = "http" if settings.insecure else "https"
     log.info("API listening on %s://%s:%d (pid %d)", scheme, settings.api_host,
              settings.api_port, os.getpid())
-    web_app = create_app(app, view, settings.api_token, node, settings.apply_timeout)
+    cluster = None
+    if settings.cluster_connection:  # the settings checked it has a PostgreSQL log and a token
+        from portal_es.entrypoints import cluster_api
+        from portal_es.entrypoints.cluster import ClusterRuntime
+
+        db_url = store.database_url(settings.db_connection, Path(settings.work_dir))
+        cluster = ClusterRuntime(settings, app, node, db_url)
+    web_app = create_app(app, view, settings.api_token, node, settings.apply_timeout,
+                         coordinator=cluster.coordinator if cluster else None)
+    if cluster is not None:
+        cluster_api.add_routes(web_app, cluster)
 
     async def start_node(_: web.Application) -> None:
         applied = await node.start()
         log.info("node %s applied the log up to position %d in %.0f ms%s", node.node_name,
                  applied.position, applied.seconds * 1000,
                  "" if applied.ok else f" with errors: {applied.errors}")
+        if cluster is not None:
+            await cluster.start()
 
     async def stop_node(_: web.Application) -> None:
         # The data plane stays as it is: stopping portal-es must not stop the traffic.
+        if cluster is not None:
+            await cluster.stop()
         await node.stop()
 
     web_app.on_startup.append(start_node)

@@ -138,6 +138,51 @@ def error_pages(pages: dict[str, Any]) -> list[str]:
                                        for k, v in pages.items()])
 
 
+def _point(point: dict[str, Any]) -> str:
+    return f"position {point.get('position')}, version {point.get('version')}, " \
+           f"{point.get('time') or 'no event yet'}"
+
+
+def state(answer: dict[str, Any]) -> list[str]:
+    """GET /state: the point, then every collection as its own table."""
+    config = answer.get("state", {})
+    lines = [f"at {_point(answer.get('point', {}))}"]
+    for name in ("services", "routes", "certs", "vips"):
+        items = config.get(name) or []
+        lines += ["", f"{name.upper()}:", *(LISTS[name](items) if items else [f"(no {name})"])]
+    return [*lines, "", "ERRORS:", *error_pages(config.get("errors") or {})]
+
+
+def diff(answer: dict[str, Any]) -> list[str]:
+    """GET /state/diff: + added, - removed, ~ changed (field: before -> after)."""
+    lines = [f"from {_point(answer.get('from', {}))}", f"to   {_point(answer.get('to', {}))}"]
+    for name, change in (answer.get("changes") or {}).items():
+        if name == "errors":
+            if change:
+                lines.append(f"~ errors {cell(change['before'])} -> {cell(change['after'])}")
+            continue
+        singular = name.rstrip("s")
+        lines += [f"+ {singular} {_label(item)}" for item in change["added"]]
+        lines += [f"- {singular} {_label(item)}" for item in change["removed"]]
+        for item in change["changed"]:
+            fields = [f"{k}: {cell(v)} -> {cell(item['after'].get(k))}"
+                      for k, v in item["before"].items() if item["after"].get(k) != v]
+            lines.append(f"~ {singular} {item['id']} ({'; '.join(fields)})")
+        if change["reordered"]:
+            lines.append(f"~ {name} reordered")
+    return lines if len(lines) > 2 else [*lines, "(no changes)"]
+
+
+def _label(item: dict[str, Any]) -> str:
+    if "cert" in item:
+        row = _cert_row(item)
+        return f"{row[0]} {row[-1]}"  # common name, fingerprint
+    if "path" in item and "domain" in item:
+        host = ".".join(p for p in (item.get("subdomain"), item.get("domain")) if p)
+        return f"{host}{item.get('path') or ''}" or "/"
+    return str(item.get("id") or item.get("ip"))
+
+
 LISTS: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
     "services": services, "servers": servers, "routes": routes, "certs": certs, "vips": vips,
     "events": events,
@@ -153,6 +198,8 @@ def render(kind: str, data: Any) -> str:
         return str(data["msg"])
     if kind == "errors" and isinstance(data, dict):
         return "\n".join(error_pages(data))
+    if kind in ("state", "diff") and isinstance(data, dict) and "error" not in data:
+        return "\n".join(state(data) if kind == "state" else diff(data))
     name = SINGLE.get(kind, kind)
     renderer = LISTS.get(name)
     if renderer is None or not isinstance(data, (list, dict, type(None))):

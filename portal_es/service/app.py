@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.cryptography import AESCipher
+from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, JSONTranscoder
 from eventsourcing.utils import Environment
 
@@ -37,6 +37,7 @@ from portal_es.domain.events import (
 )
 from portal_es.domain.models import Service
 from portal_es.service.handlers import HANDLERS
+from portal_es.service.snapshots import SnapshottingApplication
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ class Unsupported(DomainError):
 
 # What a node's data plane says of a service: None when it can program it, else why not.
 ServicePolicy = Callable[[Service], str | None]
+# Other aggregates to save in the same transaction as a command's events (the cluster's
+# Change saga): given the Balancer (with its pending events) and those events.
+Attach = Callable[[Balancer, Sequence[BalancerEvent]], Sequence[Aggregate]]
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ class Outcome:
     position: int = 0
 
 
-class PortalApplication(Application[UUID]):
+class PortalApplication(SnapshottingApplication):
     name = "portal"  # table names: portal_events, portal_snapshots, portal_tracking
 
     def __init__(
@@ -97,7 +101,8 @@ class PortalApplication(Application[UUID]):
         return balancer
 
     def execute(
-        self, command: Command, meta: Meta, expected_version: int | None = None
+        self, command: Command, meta: Meta, expected_version: int | None = None,
+        attach: Attach | None = None,
     ) -> Outcome:
         handler = HANDLERS[type(command)]
         deadline = time.monotonic() + CONFLICT_DEADLINE_S
@@ -110,8 +115,9 @@ class PortalApplication(Application[UUID]):
                 if not balancer.pending_events:
                     return Outcome(result, balancer.version, [])
                 self._check_policy(balancer, events)
+                attached = attach(balancer, events) if attach else ()
                 try:
-                    recordings = self.save(balancer)
+                    recordings = self.save(*attached, balancer)
                 except IntegrityError:
                     if time.monotonic() > deadline:
                         raise ConcurrentWrites from None
@@ -137,7 +143,8 @@ class PortalApplication(Application[UUID]):
                 raise Unsupported(why)
 
     def compensate(
-        self, events: Sequence[BalancerEvent], meta: Meta, expected_version: int
+        self, events: Sequence[BalancerEvent], meta: Meta, expected_version: int,
+        attach: Attach | None = None,
     ) -> Outcome:
         """Append the inverse of `events` (one change), if nothing was written since."""
         with self._lock:
@@ -145,7 +152,8 @@ class PortalApplication(Application[UUID]):
             balancer.check_version(expected_version)
             balancer.compensate(meta, events)
             inverses = [e for e in balancer.pending_events if isinstance(e, BalancerEvent)]
-            recordings = self.save(balancer)
+            attached = attach(balancer, inverses) if attach else ()
+            recordings = self.save(*attached, balancer)
             return Outcome(None, balancer.version, inverses, recordings[-1].notification.id)
 
     def version(self) -> int:

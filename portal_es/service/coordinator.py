@@ -30,6 +30,10 @@ class ChangePending(DomainError):
 
     status = 202
 
+    def __init__(self, message: str, location: str | None = None) -> None:
+        super().__init__(message)
+        self.location = location  # where its state can be read later (cluster: /changes/<id>)
+
 
 class ChangeCoordinator:
     def __init__(
@@ -46,7 +50,12 @@ class ChangeCoordinator:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, fn, *args)  # type: ignore[arg-type]
 
-    async def submit(self, command: Command, meta: Meta, expected_version: int | None) -> Outcome:
+    async def submit(
+        self, command: Command, meta: Meta, expected_version: int | None,
+        idempotency_key: str | None = None,
+    ) -> Outcome:
+        # idempotency_key: honoured by the cluster's coordinator (its changes are in the log);
+        # one embedded node has no change records to find a retry by.
         async with self._lock:
             outcome = await self._run(self.app.execute, command, meta, expected_version)
             if not outcome.events or self.node is None:

@@ -28,4 +28,7 @@ HANDLERS: dict[type[c.Command], Handler] = {
     c.ReplaceVips: lambda b, cmd, m, r: b.replace_vips(m, cmd.vips),
     c.RemoveVip: lambda b, cmd, m, r: b.remove_vip(m, cmd.address),
     c.SetErrorPages: lambda b, cmd, m, r: b.set_error_pages(m, cmd.pages),
+    c.RestoreState: lambda b, cmd, m, r: b.restore(
+        m, cmd.target, r, (cmd.position, cmd.version, cmd.time), cmd.reason
+    ),
 }
