@@ -94,6 +94,24 @@ class Settings(BaseModel):
         10.0, alias="apply-timeout", gt=0,
         description="Seconds a write waits for the node to apply it before answering 202",
     )
+    proxy_workers: int = Field(
+        -1, alias="proxy-workers", ge=-1,
+        description="Proxy processes: -1 = one per core, 0 = inside the server process",
+    )
+    proxy_connect_timeout: float = Field(
+        5.0, alias="proxy-connect-timeout", gt=0, description="Seconds to connect to a target"
+    )
+    proxy_read_timeout: float = Field(
+        60.0, alias="proxy-read-timeout", gt=0,
+        description="Seconds a target may stay silent during a request",
+    )
+    proxy_idle_timeout: float = Field(
+        75.0, alias="proxy-idle-timeout", gt=0,
+        description="Seconds a client keep-alive connection may stay idle",
+    )
+    health_interval: float = Field(
+        5.0, alias="health-interval", gt=0, description="Seconds between route health checks"
+    )
     cert_key_cipher: str = Field(
         "", alias="cert-key-cipher",
         description="Base64 AES key for cert private keys in the log ('' = kept in work-dir)",

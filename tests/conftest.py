@@ -42,6 +42,8 @@ class PortalServer:
     tls: bool = False
     kernel: bool = False  # program a data plane: only ever inside a namespace the test made
     port: int = field(default_factory=free_port)
+    proxy_port: int = field(default_factory=free_port)
+    proxy_tls_port: int = field(default_factory=free_port)
     extra: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
 
@@ -59,8 +61,10 @@ class PortalServer:
             sys.executable, "-m", "portal_es", "serve",
             "--api-host", "127.0.0.1", "--api-port", str(self.port),
             "--work-dir", str(self.work_dir),
-            "--proxy-http", f"127.0.0.1:{free_port()}", "--proxy-tls", f"127.0.0.1:{free_port()}",
+            "--proxy-http", f"127.0.0.1:{self.proxy_port}",
+            "--proxy-tls", f"127.0.0.1:{self.proxy_tls_port}",
             "--api-token", self.token,
+            "--proxy-workers", "0",  # the proxy inside the server process: lighter tests
         ]
         if self.db_connection:
             args += ["--db-connection", self.db_connection]

@@ -36,7 +36,8 @@ _ALIAS = re.compile(r"^[^\s/]{1,15}$")
 _URL_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
 
 Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
-NonNegative = Annotated[int, Field(strict=True, ge=0)]
+# Kernel fields (IPVS weights, thresholds, timeouts) are 32-bit: refuse what cannot fit.
+NonNegative = Annotated[int, Field(strict=True, ge=0, le=2**31 - 1)]
 Str = Annotated[str, Field(strict=True)]
 
 

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from portal_es.adapters.interfaces import NoSuchInterface, first_address
+from portal_es.adapters.proxy import ProxyServer
 from portal_es.domain import commands as c
 from portal_es.domain.balancer import Meta
 from portal_es.domain.errors import DomainError, ServerNotFound, ServiceNotFound
@@ -86,6 +87,18 @@ def _actor(token: str) -> str:
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every answer, error or not, carries the request id its events are recorded under."""
+    given = request.headers.get("X-Request-Id", "")
+    request["request_id"] = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    response = await _answer_or_error(request, handler)
+    response.headers["X-Request-Id"] = request["request_id"]
+    return response
+
+
+_REQUEST_ID = re.compile(r"[\w.:/-]{1,128}")
+
+
+async def _answer_or_error(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except DomainError as e:
@@ -112,7 +125,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request["request_id"] = request.headers.get("X-Request-Id") or uuid.uuid4().hex
     expected = request.app[TOKEN_KEY]
     if expected and request.path != "/openapi.json":
         given = request.headers.get("X-AUTH-TOKEN") or request.query.get("X-AUTH-TOKEN", "")
@@ -120,9 +132,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             given = str((await request.post()).get("X-AUTH-TOKEN", ""))
         if not hmac.compare_digest(given.encode(), expected.encode()):
             return _error(401, "Unauthorized")
-    response = await handler(request)
-    response.headers["X-Request-Id"] = request["request_id"]
-    return response
+    return await handler(request)
 
 
 async def _in_worker(request: web.Request, fn: Callable[[], T]) -> T:
@@ -436,6 +446,26 @@ async def get_status(request: web.Request) -> web.Response:
         "errors": node.last.errors,
         "drift": drift,
     })
+
+
+PROXY_KEY = web.AppKey("proxy", ProxyServer)
+
+
+async def get_routes_health(request: web.Request) -> web.Response:
+    """Node-local health of every route target (health checks are not events)."""
+    return _json(request.app[PROXY_KEY].health())
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    body = await asyncio.to_thread(request.app[PROXY_KEY].metrics)
+    return web.Response(body=body, content_type="text/plain", charset="utf-8",
+                        headers={"X-Prometheus-Format": "0.0.4"})
+
+
+def add_proxy_routes(web_app: web.Application, proxy: ProxyServer) -> None:
+    web_app[PROXY_KEY] = proxy
+    web_app.router.add_get("/routes/health", get_routes_health)
+    web_app.router.add_get("/metrics", get_metrics)
 
 
 async def get_openapi(request: web.Request) -> web.Response:

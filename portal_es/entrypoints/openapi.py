@@ -7,7 +7,8 @@ what it accepts: unknown keys are ignored, null means "not given" (as Go's decod
 key names match case-insensitively (not expressible in JSON Schema; documented here).
 
 The repetitive parts come from small tables: FIELDS (per object, the output and the input
-schema of each field), OPERATIONS (per path and method, body, success and error statuses).
+schema of each field) and `_operations()` (per path and method: body, success and error
+statuses); the statuses every operation shares are added by `operation()`.
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ DESCRIPTIONS = {
 }
 INPUT_NOTE = (
     " As input: keys match case-insensitively, unknown keys are ignored, null means not "
-    "given; a value of the wrong JSON type is 400 `Bad JSON syntax received in body`."
+    "given; a value of the wrong JSON type (also a number with a fraction, like 1.0, where "
+    "an integer is expected) is 400 `Bad JSON syntax received in body`."
 )
 
 
@@ -279,11 +281,10 @@ ERRORS = {
     "400": "Bad input: invalid JSON or a value of the wrong type (`Bad JSON syntax received in "
            "body`), a missing field, or a bad value (the message names the field)",
     "401": "Missing or wrong X-AUTH-TOKEN (only when the server has an api-token)",
-    "404": "Not found",
-    "409": "Conflicts with an existing object",
     "412": "If-Match names a version that is no longer current",
     "413": f"Body larger than {MAX_BODY} bytes",
-    "500": "The node failed to apply the change; it was rolled back",
+    "500": "The node failed to apply the change, and it was rolled back; or an internal error "
+           "(the message names the request id)",
 }
 
 
@@ -336,6 +337,7 @@ SERVICE_ID = path_param("service_id", "a service id", "tcp-127_0_0_3-1234")
 SERVER_ID = path_param("server_id", "a server id", "192_168_0_1-8080")
 IF_MATCH = {"$ref": "#/components/parameters/IfMatch"}
 
+
 def or_empty(schema: Schema) -> Schema:
     """A query parameter that may also be given empty, meaning "not given"."""
     return {"anyOf": [schema, {"type": "string", "maxLength": 0}]}
@@ -386,19 +388,20 @@ def _operations() -> list[Op]:
     success = ok(ref("Success"), "`{\"msg\":\"Success\"}`, also when there was nothing to remove")
     bad = {"400": ERRORS["400"]}
     svc_404 = {"404": "`No Service Found`"}
+    svc_bad = {"400": ERRORS["400"] + "; `Socket in use: '<host>:<port>'` for the API's or a "
+               "proxy's socket; `Unsupported Protocol - '<type>'`"}
     ops = [
         ("/services", "get", "List the services", None, ok(lst("Service")), {}, []),
         ("/services", "post", "Add a service (an existing id: unchanged, 200)",
-         ref("ServiceInput"), ok(ref("Service")),
-         {"400": ERRORS["400"] + "; `Socket in use: '<host>:<port>'` for the API or proxy "
-          "socket; `Unsupported Protocol - '<type>'`"}, []),
+         ref("ServiceInput"), ok(ref("Service")), svc_bad, []),
         ("/services", "put", "Replace all services (dedup by id, last wins; [] or null clears)",
-         put_list("Service"), ok(lst("Service")), bad, []),
+         put_list("Service"), ok(lst("Service")), svc_bad, []),
         ("/services/{service_id}", "get", "Get a service", None, ok(ref("Service")),
          svc_404, [SERVICE_ID]),
         ("/services/{service_id}", "put", "Replace a service (its id may change)",
          ref("ServiceInput"), ok(ref("Service")),
-         {**bad, **svc_404, "409": "another service already has the new id"}, [SERVICE_ID]),
+         {**svc_bad, **svc_404, "409": "another service already has the new id"},
+         [SERVICE_ID]),
         ("/services/{service_id}", "delete", "Remove a service", None, success, {},
          [SERVICE_ID]),
         ("/services/{service_id}/servers", "get", "List a service's servers", None,

@@ -15,9 +15,10 @@ from aiohttp import web
 from portal_es.adapters import store, tls
 from portal_es.adapters.kernel import L4Dataplane
 from portal_es.adapters.kernel.choice import BalancerUnavailable, choose
+from portal_es.adapters.proxy import ProxyServer, ProxySettings
 from portal_es.adapters.vips import VipManager
 from portal_es.config import Settings
-from portal_es.entrypoints.api import create_app
+from portal_es.entrypoints.api import add_proxy_routes, create_app
 from portal_es.service.app import PortalApplication, ServicePolicy
 from projections.l4 import virtual_service
 from projections.node import NodeProjector
@@ -61,10 +62,25 @@ def open_application(
     )
 
 
-def node_projector(settings: Settings, app: PortalApplication, l4: L4Dataplane) -> NodeProjector:
+def proxy_server(settings: Settings) -> ProxyServer:
+    workers = None if settings.proxy_workers < 0 else settings.proxy_workers
+    return ProxyServer(
+        settings.proxy_http, settings.proxy_tls, Path(settings.work_dir),
+        ProxySettings(
+            workers=workers, connect_timeout=settings.proxy_connect_timeout,
+            read_timeout=settings.proxy_read_timeout, idle_timeout=settings.proxy_idle_timeout,
+            health_interval=settings.health_interval,
+        ),
+    )
+
+
+def node_projector(
+    settings: Settings, app: PortalApplication, l4: L4Dataplane,
+    proxy: ProxyServer | None = None,
+) -> NodeProjector:
     vips = None if settings.no_vips else VipManager(Path(settings.work_dir))
     return NodeProjector(
-        app, settings.node_name, l4, vips=vips,
+        app, settings.node_name, l4, vips=vips, proxy=proxy,
         drain_timeout=timedelta(seconds=settings.drain_timeout),
         reconcile_interval=settings.reconcile_interval,
     )
@@ -79,7 +95,8 @@ def run(settings: Settings) -> None:
         sys.exit(1)
     log.info("node %s: balancer %s", settings.node_name, l4.name)
     app = open_application(settings, policy=lambda s: l4.unsupported(virtual_service(s)))
-    node = node_projector(settings, app, l4)
+    proxy = proxy_server(settings)
+    node = node_projector(settings, app, l4, proxy)
     view = StateView(app)
     started = time.perf_counter()
     view.catch_up()
@@ -109,8 +126,17 @@ def run(settings: Settings) -> None:
                          coordinator=cluster.coordinator if cluster else None)
     if cluster is not None:
         cluster_api.add_routes(web_app, cluster)
+    add_proxy_routes(web_app, proxy)
 
     async def start_node(_: web.Application) -> None:
+        try:
+            await proxy.start()
+        except OSError as e:
+            log.error("proxy cannot listen on %s / %s: %s", settings.proxy_http,
+                      settings.proxy_tls, e.strerror)
+            raise
+        log.info("proxy listening on http %s and tls %s", settings.proxy_http,
+                 settings.proxy_tls)
         applied = await node.start()
         log.info("node %s applied the log up to position %d in %.0f ms%s", node.node_name,
                  applied.position, applied.seconds * 1000,
@@ -123,6 +149,7 @@ def run(settings: Settings) -> None:
         if cluster is not None:
             await cluster.stop()
         await node.stop()
+        await proxy.stop()
 
     web_app.on_startup.append(start_node)
     web_app.on_cleanup.append(stop_node)

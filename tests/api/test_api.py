@@ -388,3 +388,16 @@ def test_status_names_the_node_and_its_position(api: PortalServer) -> None:
     assert status["errors"] == {}
     assert status["drift"] == {"services": {"missing": [], "unexpected": [], "different": []},
                                "vips": {"missing": []}}
+
+
+def test_errors_carry_the_request_id_too(api: PortalServer) -> None:
+    answer = call("POST", api.url + "/services", {"host": "10.0.0.1", "port": 0},
+                  headers={"X-Request-Id": "trace-7"})
+    assert answer.status == 400 and answer.headers["X-Request-Id"] == "trace-7"
+    assert call("GET", api.url + "/nope").headers["X-Request-Id"]
+
+
+def test_kernel_fields_must_fit_32_bits(api: PortalServer) -> None:
+    answer = call("POST", api.url + "/services", {"host": "10.0.0.1", "port": 80,
+                                                  "persistence": 10**40})
+    assert answer.status == 400 and "persistence" in answer.json["error"]

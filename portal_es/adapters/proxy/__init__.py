@@ -6,7 +6,7 @@ serves `proxy.health()` for route health.
 """
 
 from portal_es.adapters.proxy.metrics import aiohttp_view
-from portal_es.adapters.proxy.server import ProxyServer
+from portal_es.adapters.proxy.server import ProxyApplyError, ProxyServer
 from portal_es.adapters.proxy.settings import ProxySettings
 
-__all__ = ["ProxyServer", "ProxySettings", "aiohttp_view"]
+__all__ = ["ProxyApplyError", "ProxyServer", "ProxySettings", "aiohttp_view"]

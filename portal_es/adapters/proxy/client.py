@@ -84,6 +84,8 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.worker.clients.discard(self)
+        if self.tunnel is not None and self.tunnel.response_started:
+            self.worker.record(self.tunnel, self.peer)  # a WebSocket the client ended
         for exchange in (self.active, self.parsing, self.tunnel, *self.queue):
             if exchange is not None:
                 exchange.cancel()
@@ -103,7 +105,12 @@ class ClientConnection(asyncio.Protocol):
             self._start_tunnel(data[upgrade.args[0]:])
             return
         except httptools.HttpParserError as e:
-            if not self.closing:
+            if self.active is not None:
+                # Garbage behind a request still being answered: finish that answer (an error
+                # written now would land inside it), read nothing more, then close.
+                self.eof = True
+                self.pause(PAUSE_BUFFERED)
+            elif not self.closing:
                 rejected = e.__context__
                 if isinstance(rejected, _Reject):
                     self.queue_write(rejected.response)
@@ -330,7 +337,7 @@ class ClientConnection(asyncio.Protocol):
             self.active.start()
             if not self.queue:
                 self.resume(PAUSE_BUFFERED)
-        else:
+        elif self.paused:
             self.resume(PAUSE_BUFFERED)
 
     def close(self) -> None:

@@ -135,7 +135,8 @@ class Exchange:
         self.reused = reused
         conn.bind(self)
         self.flush()
-        self.client.resume(PAUSE_BUFFERED)
+        if self.client.paused:
+            self.client.resume(PAUSE_BUFFERED)
 
     def send(self, data: bytes) -> None:
         self.out.append(data)

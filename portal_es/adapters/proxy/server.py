@@ -47,6 +47,10 @@ Address = tuple[str, int]
 START_TIMEOUT = 20.0
 
 
+class ProxyApplyError(RuntimeError):
+    """A worker could not apply a configuration (it keeps serving the previous one)."""
+
+
 def parse_address(value: str | Address | None) -> Address | None:
     if value is None or isinstance(value, tuple):
         return value
@@ -155,6 +159,7 @@ class ProxyServer:
         await self.wait_applied(timeout)
 
     async def wait_applied(self, timeout: float = 10.0) -> None:
+        """Until every worker serves the last update(); ProxyApplyError if one refused it."""
         generation = self.generation
         await asyncio.wait_for(
             asyncio.gather(*(w.applied(generation) for w in self._workers)), timeout)
@@ -218,6 +223,7 @@ class _WorkerProcess:
         self.listeners = (http, tls)
         self.pid = 0
         self.generation = 0
+        self.failed: tuple[int, str] | None = None  # the last generation it refused, and why
         self.process: asyncio.subprocess.Process | None = None
         self.writer: asyncio.StreamWriter | None = None
         self._acked = asyncio.Condition()
@@ -267,7 +273,10 @@ class _WorkerProcess:
 
     async def applied(self, generation: int) -> None:
         async with self._acked:
-            await self._acked.wait_for(lambda: self.generation >= generation)
+            await self._acked.wait_for(lambda: self.generation >= generation or (
+                self.failed is not None and self.failed[0] >= generation))
+        if self.generation < generation and self.failed is not None:
+            raise ProxyApplyError(f"proxy worker {self.pid}: {self.failed[1]}")
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         server = self.server
@@ -278,6 +287,10 @@ class _WorkerProcess:
                 if kind == "ack":
                     async with self._acked:
                         self.generation = message[1]
+                        self._acked.notify_all()
+                elif kind == "nack":
+                    async with self._acked:
+                        self.failed = (message[1], message[2])
                         self._acked.notify_all()
                 elif kind == "stats":
                     server.totals.add(message[1])

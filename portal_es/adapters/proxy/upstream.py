@@ -46,6 +46,7 @@ _HOP_LINE = re.compile(
     re.IGNORECASE)
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:", re.IGNORECASE)
 _HEAD_END = b"\r\n\r\n"
+_PLAIN_CONNECTION = frozenset({b"close", b"keep-alive"})
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -158,8 +159,8 @@ class UpstreamConnection(asyncio.Protocol):
                 name = name.lower()
                 if name == b"transfer-encoding":
                     framing = CHUNKED
-                elif name == b"connection":
-                    drop |= connection_tokens([value]) - {b"close", b"keep-alive"}
+                elif name == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+                    drop |= connection_tokens([value]) - _PLAIN_CONNECTION
             head = _HOP_LINE.sub(b"", head)
             if drop:  # headers the Connection header lists are hop-by-hop too (rare)
                 head = re.sub(rb"\r\n(" + b"|".join(re.escape(d) for d in drop)

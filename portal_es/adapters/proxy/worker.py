@@ -256,8 +256,11 @@ async def _run(fd: int) -> None:
     # Everything loaded so far lives as long as the process: keep it out of GC passes.
     gc.freeze()
     writer.write(encode(("ready", os.getpid())))
-    # The parent owns signals (Ctrl-C in a terminal reaches the whole process group).
+    # The parent owns signals (Ctrl-C in a terminal reaches the whole process group); a
+    # SIGTERM sent to the group drains this worker as a "stop" from the parent would.
     loop.add_signal_handler(signal.SIGINT, lambda: None)
+    terminated = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, terminated.set)
 
     async def report() -> None:
         ticks = 0
@@ -272,14 +275,25 @@ async def _run(fd: int) -> None:
 
     reporter = loop.create_task(report())
     grace = settings.stop_grace
+    terminate = loop.create_task(terminated.wait())
     try:
         while True:
-            message = await receive(reader)
+            next_message = loop.create_task(receive(reader))
+            await asyncio.wait((next_message, terminate), return_when=asyncio.FIRST_COMPLETED)
+            if not next_message.done():
+                next_message.cancel()
+                break
+            message = next_message.result()
             kind = message[0]
             if kind == "config":
                 _, generation, routes, certs, pages = message
-                worker.configure(routes, certs, pages, generation)
-                writer.write(encode(("ack", generation)))
+                try:
+                    worker.configure(routes, certs, pages, generation)
+                except Exception as e:  # keeps serving the previous table; the parent is told
+                    log.exception("proxy: configuration %d not applied", generation)
+                    writer.write(encode(("nack", generation, f"{type(e).__name__}: {e}")))
+                else:
+                    writer.write(encode(("ack", generation)))
             elif kind == "health":
                 worker.set_unhealthy(message[1])
             elif kind == "stop":
@@ -287,6 +301,7 @@ async def _run(fd: int) -> None:
                 break
     except (asyncio.IncompleteReadError, ConnectionError):
         grace = 0.0  # the parent is gone: nobody to hand metrics or logs to
+    terminate.cancel()
     await worker.close(grace)
     reporter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
