@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,9 +88,10 @@ def measure(ns: str, n: int, backends: int) -> dict[str, float]:
         plane.flush()
         create = timed(lambda: plane.sync(desired))
         resync = timed(lambda: plane.sync(desired, full=True))
-        change = [timed(lambda w=w: plane.sync(one_change(desired, w)))
+        # Each round gives the first service's first backend another weight.
+        change = [timed(partial(plane.sync, one_change(desired, w)))
                   for w in range(2, 2 + ROUNDS)]
-        change_full = [timed(lambda w=w: plane.sync(one_change(desired, w), full=True))
+        change_full = [timed(partial(plane.sync, one_change(desired, w), full=True))
                        for w in range(10, 10 + ROUNDS)]
         plane.flush()
         portal = portal_restore(ns, desired)

@@ -65,10 +65,12 @@ def test_second_sync_changes_nothing(plane: IpvsDataplane) -> None:
 def test_ipv6_service_round_trips(plane: IpvsDataplane) -> None:
     v6 = VirtualService(id="tcp-fd00::1-80", host="fd00::1", port=80, protocol="tcp",
                         scheduler="rr", persistence=60, netmask="",
-                        backends=(Backend("fd00::11", 8080, 2, "m"),))
+                        backends=(Backend("fd00::11", 8080, 2, "m"),
+                                  Backend("10.0.1.11", 80, 1, "i")))  # across families: tunnel
     assert plane.sync(desired(v6)).added == [v6.id]
     assert plane.sync(desired(v6), full=True).empty
     assert "-A -t [fd00::1]:80 -s rr -p 60" in saved()  # prefix 128 (the default) not shown
+    assert "-a -t [fd00::1]:80 -r 10.0.1.11:80 -i -w 1 --tun-type ipip" in saved()
 
 
 def test_a_change_touches_only_its_service(plane: IpvsDataplane) -> None:
@@ -194,9 +196,13 @@ def test_hundred_services(plane: IpvsDataplane, monkeypatch: pytest.MonkeyPatch)
     assert plane.sync(want, full=True).empty
 
     requests: list[Op] = []
-    kernel = plane._kernel
-    monkeypatch.setattr(kernel, "apply", lambda op, apply=kernel.apply: (
-        requests.append(op), apply(op))[1])
+    apply = plane._kernel.apply
+
+    def counted(op: Op) -> None:
+        requests.append(op)
+        apply(op)
+
+    monkeypatch.setattr(plane._kernel, "apply", counted)
     one = replace(many[42], scheduler="wrr")
     assert plane.sync({**want, one.id: one}).changed == [one.id]
     assert [str(op) for op in requests] == ["set service tcp-10_0_0_100-1042"]

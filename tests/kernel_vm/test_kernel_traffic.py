@@ -5,6 +5,8 @@ client -> VIP 10.0.0.100 on lb -> b1/b2/b3; each backend answers with its name.
 
 from __future__ import annotations
 
+from functools import partial
+
 from portal_es.adapters.kernel.ipvs import IpvsDataplane
 from tests.kernel_vm.topology import (
     BACKENDS,
@@ -35,7 +37,7 @@ def test_wrr_follows_the_weights(plane: IpvsDataplane) -> None:
 
 def test_sh_keeps_each_source_on_one_backend(plane: IpvsDataplane) -> None:
     plane.sync(desired(service(82, "sh")))
-    picks = {src: tally(lambda src=src: ask_tcp(82, source=src), 4) for src in CLIENTS}
+    picks = {src: tally(partial(ask_tcp, 82, source=src), 4) for src in CLIENTS}
     assert all(len(counts) == 1 for counts in picks.values()), picks
     assert len({b for counts in picks.values() for b in counts}) > 1, "sources all hashed alike"
 

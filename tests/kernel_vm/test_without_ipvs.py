@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from pyroute2 import IPVSDest, IPVSService
 from pyroute2.netlink.generic.ipvs import ipvsmsg
 
-from portal_es.adapters.kernel import DataplaneError
+from portal_es.adapters.kernel import DataplaneError, L4Dataplane
 from portal_es.adapters.kernel.ipvs import (
     FULL_PREFIX_V6,
     GENL_ID_CTRL,
@@ -29,6 +29,7 @@ from portal_es.adapters.kernel.ipvs import (
     NLM_F_DUMP,
     NLM_F_REQUEST,
     GenlSocket,
+    IpvsDataplane,
     KernelRefused,
     KernelService,
     Op,
@@ -59,6 +60,12 @@ def vs(host: str = "10.0.0.1", port: int = 80, backends: tuple[Backend, ...] = (
                                      persistence=0, netmask="", backends=backends)
     fields.update(kw)
     return VirtualService(**fields)  # type: ignore[arg-type]
+
+
+def test_it_is_an_l4_dataplane_that_opens_nothing_until_used() -> None:
+    plane: L4Dataplane = IpvsDataplane()  # mypy checks the protocol; no socket yet
+    assert plane.name == "ipvs"
+    assert plane.unsupported(vs()) is None
 
 
 def test_service_settings_map_to_kernel_fields() -> None:

@@ -13,7 +13,7 @@
 # Environment: VM_DIR (cache, default <repo>/.ipvs-vm, git-ignored), SMP (2), MEM (MB, 2048),
 # VM_TIMEOUT (s, 1800). Output: the guest console on stdout. Exit: the guest command's exit
 # code; 98 when preparing failed; 99 when the guest never reported one (boot failure, timeout).
-set -euo pipefail
+set -Eeuo pipefail   # -E: the ERR trap of preparing also fires inside its functions
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 VM_DIR=${VM_DIR:-$REPO/.ipvs-vm}
@@ -35,8 +35,9 @@ install_missing() {
 
 # The kernel package Debian currently ships (e.g. linux-image-6.1.0-56-amd64); a cached kernel
 # is kept even after Debian moves on, so the first download is the only one.
-kernel_package() {
-  apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}'
+kernel_package() {   # empty when apt knows no such package yet (no lists: apt-get update)
+  apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}' \
+    || true
 }
 
 fetch_kernel() {
@@ -45,10 +46,13 @@ fetch_kernel() {
   pkg=$(kernel_package)
   if [ -z "$pkg" ]; then apt-get update -qq; pkg=$(kernel_package); fi
   [ -n "$pkg" ] || { log "cannot resolve linux-image-amd64 (apt sources?)"; return 1; }
-  tmp=$(mktemp -d "$VM_DIR/download.XXXXXX"); chmod 755 "$tmp"   # readable by apt's _apt user
+  rm -rf "$VM_DIR"/download.*   # what an interrupted first run left (we hold the lock)
+  tmp=$(mktemp -d "$VM_DIR/download.XXXXXX")
   log "downloading $pkg (~70 MB, first run only) into $VM_DIR"
   # apt-get prints Get:/Fetched lines: the progress a first run waits on.
-  (cd "$tmp" && { apt-get download "$pkg" || { apt-get update -qq && apt-get download "$pkg"; }; }) >&2
+  # Sandbox user root: the cache dir is root's (else apt warns it cannot drop to _apt).
+  local get=(apt-get -o APT::Sandbox::User=root download "$pkg")
+  (cd "$tmp" && { "${get[@]}" || { apt-get update -qq && "${get[@]}"; }; }) >&2
   log "unpacking $pkg"
   dpkg-deb -x "$tmp"/"$pkg"_*.deb "$tmp/kernel"
   depmod -b "$tmp/kernel" "$(ls "$tmp/kernel/lib/modules")"
@@ -104,13 +108,17 @@ write_guest_init() {
   cat > "$run/init.sh" <<EOF
 #!/bin/bash
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root PYTHONDONTWRITEBYTECODE=1 IPVS_VM=1
-mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t tmpfs tmpfs /run; mount -t tmpfs tmpfs /tmp
+# A fresh /run (namespaces live under /run/netns); /tmp stays the host's (a checkout may be there)
+# and takes writes in the overlay.
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t tmpfs tmpfs /run
 mkdir -p "$VM_DIR"; mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 vmdir "$VM_DIR"
 # The kernel loads modules on demand (an IPVS scheduler on first use) with /sbin/modprobe, which
 # reads /lib/modules/\$(uname -r): point it at the cached kernel's modules, as on a real host.
 mkdir -p /lib/modules; ln -sfn "$VM_DIR/kernel/lib/modules/$kv" /lib/modules/$kv
 ip link set lo up
-modprobe -a ip_vs veth bridge
+# Loaded up front in one process (on demand, each costs a modprobe process: seconds under TCG).
+modprobe -a ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_lblc ip_vs_lblcr ip_vs_dh \
+  ip_vs_sh ip_vs_sed ip_vs_nq ipip veth bridge
 echo "GUEST-BOOTED (kernel up \$(cut -d" " -f1 /proc/uptime) s)"
 cd "$REPO"; bash "$run/cmd.sh"; echo "GUEST-EXIT-CODE=\$? (kernel up \$(cut -d" " -f1 /proc/uptime) s)"
 echo o > /proc/sysrq-trigger; sleep 5 2>/dev/null   # 9p may vanish first
@@ -141,10 +149,17 @@ boot() {
   exit "$rc"
 }
 
+# Not `prepare || exit 98`: bash ignores set -e inside a function whose status is tested.
+run_prepare() {
+  trap 'log "preparing the VM failed (line $LINENO)"; exit 98' ERR
+  prepare
+  trap - ERR
+}
+
 if [ "${1:-}" = "--prepare" ]; then
-  prepare || exit 98
+  run_prepare
   exit 0
 fi
 [ $# -eq 1 ] || { echo "usage: $0 --prepare | $0 'command'" >&2; exit 2; }
-prepare || exit 98
+run_prepare
 boot "$1"
