@@ -4,6 +4,7 @@ Run as a script (not a test):
 
     .venv/bin/python bench/store.py [--backend sqlite|postgres|both] [--commands N]
                                     [--fold-events N] [--http-clients 1,8] [--time-limit S]
+                                    [--pg-url URL] [--pg-schema NAME] [--profile]
 
 Per backend (SQLite: a file in a temp dir; PostgreSQL: database `test`, its portal tables
 created by the migration in a schema of their own, dropped and re-created before and between
@@ -14,9 +15,15 @@ the phases and dropped after; see --pg-schema):
 2. writes over HTTP: a real `portal-es serve` process (plain HTTP on loopback, no kernel
    balancer) and N POST /services from 1..k concurrent aiohttp clients;
 3. the floor of a durable write: N raw SQLAlchemy INSERTs of rows of the same size into a
-   scratch table in the same database, one transaction per row;
+   scratch table in the same database, one transaction per row, run in blocks alternating
+   with those of (1) so that both see the same disk;
 4. the fold: a cold StateView.catch_up() over a log of --fold-events events (built in memory
-   on one Balancer and saved in batches), against the floor of a raw SELECT of every row.
+   on one Balancer and saved in batches, no snapshots), against the floor of a raw SELECT of
+   every row; the same fold timed by stage (read, decode, evolve); the aggregate's load; and
+   a cold start when a snapshot is at the head (as the writer takes them by default).
+
+The machine is shared: figures drift between runs with whatever else runs on it (the fsync
+latency most of all), so compare ratios measured in one run rather than absolute figures.
 
 Progress goes to stderr; the result table (Markdown) to stdout. Every loop is bounded in
 count and in time (--time-limit per phase).
@@ -53,9 +60,11 @@ import sqlalchemy as sa
 
 from portal_es.adapters import store
 from portal_es.config import Settings
-from portal_es.domain.balancer import Balancer, Meta
+from portal_es.domain.balancer import BALANCER_ID, Balancer, Meta
 from portal_es.domain.commands import AddServer, AddService, Command
+from portal_es.domain.events import BalancerEvent
 from portal_es.domain.models import Server, Service
+from portal_es.domain.state import BalancerState
 from portal_es.entrypoints.server import open_application
 from portal_es.service.app import PortalApplication
 from projections.state_view import StateView
@@ -68,6 +77,8 @@ FOLD_BATCH = 2000  # events per app.save while building the fold log
 FOLD_SERVICES = 1000  # services in the fold log; servers churn on them
 FOLD_MAX_SERVERS = 8  # servers per service before each add also removes the oldest
 META = Meta(actor="bench", request_id="bench")
+FOLD_PAGE = 1000  # as StateView reads the log
+WRITE_BLOCK = 100  # in-process writes, then as many raw inserts, in turn
 SNAPSHOT_ENV = "PORTAL_SNAPSHOT_INTERVAL"
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -291,25 +302,52 @@ def write_commands(n: int) -> Iterator[Command]:
 def bench_execute(
     app: PortalApplication, n: int, time_limit: float, profile: cProfile.Profile | None = None
 ) -> Rate:
-    commands = list(write_commands(n))
+    """n commands through execute, nothing else (the profiled run)."""
     latencies: list[float] = []
-    ticker = Ticker("in-process writes", n)
     deadline = time.monotonic() + time_limit
     started = time.perf_counter()
     if profile is not None:
         profile.enable()
-    for command in commands:
+    for command in write_commands(n):
         t0 = time.perf_counter()
-        outcome = app.execute(command, META)
+        app.execute(command, META)
         latencies.append(time.perf_counter() - t0)
-        if not outcome.events:
-            raise RuntimeError(f"{command} appended nothing")
-        ticker.tick(len(latencies))
         if time.monotonic() > deadline:
             break
     if profile is not None:
         profile.disable()
     return Rate(len(latencies), n, time.perf_counter() - started, latencies)
+
+
+def bench_writes(
+    app: PortalApplication, engine: sa.Engine, n: int, time_limit: float
+) -> tuple[Rate, Rate, int]:
+    """n commands through execute and n raw inserts, alternating in blocks of WRITE_BLOCK, so
+    that both see the same machine (the disk's fsync latency drifts with whatever else runs).
+    Returns (execute, raw inserts, the raw rows' size: the log's average state size)."""
+    commands = list(write_commands(n))
+    executed: list[float] = []
+    inserted: list[float] = []
+    state = b""
+    ticker = Ticker("in-process writes (and as many raw inserts)", n)
+    deadline = time.monotonic() + time_limit
+    with RawInserter(engine) as raw:
+        for start in range(0, n, WRITE_BLOCK):
+            for command in commands[start:start + WRITE_BLOCK]:
+                t0 = time.perf_counter()
+                outcome = app.execute(command, META)
+                executed.append(time.perf_counter() - t0)
+                if not outcome.events:
+                    raise RuntimeError(f"{command} appended nothing")
+            if not state:
+                state = b"x" * avg_state_bytes(engine)
+            for _ in range(len(executed) - len(inserted)):
+                inserted.append(raw.insert(state))
+            ticker.tick(len(executed))
+            if time.monotonic() > deadline:
+                break
+    return (Rate(len(executed), n, sum(executed), executed),
+            Rate(len(inserted), n, sum(inserted), inserted), len(state))
 
 
 def avg_state_bytes(engine: sa.Engine) -> int:
@@ -423,42 +461,43 @@ def bench_http(
 # --- phase 3: the floor of a durable write ----------------------------------------------------
 
 
-def bench_raw_inserts(engine: sa.Engine, n: int, state_bytes: int, time_limit: float) -> Rate:
-    """n INSERTs of rows like portal_events', one transaction (one commit) per row."""
-    metadata = sa.MetaData()
-    table = sa.Table(
-        SCRATCH_TABLE, metadata,
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
-                  autoincrement=True),
-        sa.Column("originator_id", sa.String(36), nullable=False),
-        sa.Column("originator_version", sa.BigInteger(), nullable=False),
-        sa.Column("topic", sa.Text(), nullable=False),
-        sa.Column("state", sa.LargeBinary(), nullable=False),
-    )
-    metadata.drop_all(engine)
-    metadata.create_all(engine)
-    originator = "2f5f6a0e-8a4b-5b8e-9b59-1c1a4d6c0b2e"
-    topic = "portal_es.domain.events:ServiceAdded"
-    state = b"x" * state_bytes
-    latencies: list[float] = []
-    ticker = Ticker("raw inserts", n)
-    deadline = time.monotonic() + time_limit
-    insert = table.insert()
-    started = time.perf_counter()
-    try:
-        for i in range(n):
-            t0 = time.perf_counter()
-            with engine.begin() as conn:
-                conn.execute(insert, {"originator_id": originator, "originator_version": i + 1,
-                                      "topic": topic, "state": state})
-            latencies.append(time.perf_counter() - t0)
-            ticker.tick(len(latencies))
-            if time.monotonic() > deadline:
-                break
-        seconds = time.perf_counter() - started
-    finally:
-        metadata.drop_all(engine)
-    return Rate(len(latencies), n, seconds, latencies)
+class RawInserter:
+    """The floor of a durable write: INSERT one row like portal_events' (same columns, same
+    size) into a scratch table of the same database, one transaction (one commit) per row."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self.metadata = sa.MetaData()
+        self.table = sa.Table(
+            SCRATCH_TABLE, self.metadata,
+            sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+                      primary_key=True, autoincrement=True),
+            sa.Column("originator_id", sa.String(36), nullable=False),
+            sa.Column("originator_version", sa.BigInteger(), nullable=False),
+            sa.Column("topic", sa.Text(), nullable=False),
+            sa.Column("state", sa.LargeBinary(), nullable=False),
+        )
+        self.insert_statement = self.table.insert()
+        self.version = 0
+
+    def __enter__(self) -> RawInserter:
+        self.metadata.drop_all(self.engine)
+        self.metadata.create_all(self.engine)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.metadata.drop_all(self.engine)
+
+    def insert(self, state: bytes) -> float:
+        self.version += 1
+        started = time.perf_counter()
+        with self.engine.begin() as conn:
+            conn.execute(self.insert_statement, {
+                "originator_id": "2f5f6a0e-8a4b-5b8e-9b59-1c1a4d6c0b2e",
+                "originator_version": self.version,
+                "topic": "portal_es.domain.events:ServiceAdded", "state": state,
+            })
+        return time.perf_counter() - started
 
 
 # --- phase 4: the fold ----------------------------------------------------------------------
@@ -504,22 +543,46 @@ def raw_read(engine: sa.Engine) -> tuple[float, int]:
     return time.perf_counter() - started, len(rows)
 
 
-def paged(app: PortalApplication, decode: bool) -> float:
-    """Seconds to page through the log as StateView does (recorder, optionally the mapper),
-    without folding: the split of the fold's time between reading, decoding and folding."""
-    started = time.perf_counter()
+@dataclass
+class FoldSplit:
+    read: float = 0.0  # recorder.select_notifications, pages of FOLD_PAGE
+    decode: float = 0.0  # mapper.to_domain_event
+    evolve: float = 0.0  # event.evolve(state)
+    version: int = 0
+
+    @property
+    def total(self) -> float:
+        return self.read + self.decode + self.evolve
+
+
+def split_fold(app: PortalApplication) -> FoldSplit:
+    """Fold the whole log as StateView does (same calls, same page size), timing each stage
+    per page in one pass, so that the three parts add up to the whole."""
+    split = FoldSplit()
+    state = BalancerState()
     position = 0
     for _ in range(10_000_000):  # bounded: far more pages than any benchmark log has
+        t0 = time.perf_counter()
         notifications = app.recorder.select_notifications(
-            start=position, limit=1000, inclusive_of_start=False
+            start=position, limit=FOLD_PAGE, inclusive_of_start=False
         )
-        for notification in notifications:
-            if decode:
-                app.mapper.to_domain_event(notification)
-            position = notification.id
-        if len(notifications) < 1000:
-            break
-    return time.perf_counter() - started
+        t1 = time.perf_counter()
+        events = [app.mapper.to_domain_event(n) for n in notifications]
+        t2 = time.perf_counter()
+        for event in events:
+            if event.originator_id == BALANCER_ID:
+                if isinstance(event, BalancerEvent):
+                    event.evolve(state)
+                split.version = event.originator_version
+        t3 = time.perf_counter()
+        split.read += t1 - t0
+        split.decode += t2 - t1
+        split.evolve += t3 - t2
+        if notifications:
+            position = notifications[-1].id
+        if len(notifications) < FOLD_PAGE:
+            return split
+    raise RuntimeError("the log did not end")
 
 
 @dataclass
@@ -537,9 +600,7 @@ class FoldResult:
     build_seconds: float
     fold_seconds: float
     raw_read_seconds: float
-    recorder_seconds: float
-    decode_seconds: float
-    warm_fold_seconds: float
+    split: FoldSplit
     aggregate_load_seconds: float
     snapshot: SnapshotResult
     state_services: int
@@ -599,14 +660,13 @@ def bench_fold(backend: Backend, work_dir: Path, events: int, time_limit: float)
     finally:
         app.close()
 
-    progress(f"{backend.name}: fold split on a warm application (read, +decode, +evolve)")
+    progress(f"{backend.name}: fold again in one pass, timing read / decode / evolve")
     with no_snapshots():
         app = reopen(backend, work_dir)
     try:
-        paged(app, decode=False)  # warm-up: connection, compiled queries
-        recorder_seconds = paged(app, decode=False)
-        decode_seconds = paged(app, decode=True) - recorder_seconds
-        warm_fold_seconds = timed(StateView(app).catch_up)
+        split = split_fold(app)
+        if split.version != appended:
+            raise RuntimeError(f"split fold reached version {split.version}, not {appended}")
     finally:
         app.close()
 
@@ -643,8 +703,8 @@ def bench_fold(backend: Backend, work_dir: Path, events: int, time_limit: float)
         finally:
             app.close()
     return FoldResult(
-        appended, build_seconds, fold_seconds, raw_seconds, recorder_seconds, decode_seconds,
-        warm_fold_seconds, load_seconds, snapshot, services, servers,
+        appended, build_seconds, fold_seconds, raw_seconds, split, load_seconds, snapshot,
+        services, servers,
     )
 
 
@@ -674,21 +734,19 @@ def top_costs(profile: cProfile.Profile, limit: int = 25) -> str:
 def run_backend(backend: Backend, root: Path, args: argparse.Namespace) -> BackendResult:
     n, limit = args.commands, args.time_limit
     work_dir = root / backend.name / "inprocess"
-    progress(f"{backend.name}: {n} in-process writes")
-    profile = cProfile.Profile() if args.profile else None
+    progress(f"{backend.name}: {n} in-process writes and {n} raw inserts, interleaved")
     with application(backend, work_dir) as app:
-        execute = bench_execute(app, n, limit)
-    if profile is not None:
+        engine = backend.engine(work_dir)
+        try:
+            execute, raw, state_bytes = bench_writes(app, engine, n, limit)
+        finally:
+            engine.dispose()
+    profile = None
+    if args.profile:
         # A second, profiled run: the profiler's overhead stays out of the figures above.
+        profile = cProfile.Profile()
         with application(backend, work_dir) as app:
             bench_execute(app, n, limit, profile)
-    engine = backend.engine(work_dir)
-    try:
-        state_bytes = avg_state_bytes(engine)
-        progress(f"{backend.name}: {n} raw inserts of {state_bytes}-byte rows, 1 txn per row")
-        raw = bench_raw_inserts(engine, n, state_bytes, limit)
-    finally:
-        engine.dispose()
 
     http = {}
     for clients in args.http_clients:
@@ -731,7 +789,7 @@ def report(results: list[BackendResult], args: argparse.Namespace, argv: Sequenc
              http_cell(clients, latency_cell)),
         ]
     rows += [
-        ("raw INSERT rows/s (1 transaction per row, same row size)",
+        ("raw INSERT rows/s (1 transaction per row, same row size, interleaved)",
          lambda r: f"{rate_cell(r.raw)} ({r.state_bytes} B)"),
         ("raw INSERT latency p50 / p99 (ms)", lambda r: latency_cell(r.raw)),
         ("**portal-es writes/s ÷ raw inserts/s** (in-process)",
@@ -751,7 +809,7 @@ def report(results: list[BackendResult], args: argparse.Namespace, argv: Sequenc
          lambda r: f"{r.fold.raw_read_seconds:.3f}"),
         ("**fold time ÷ raw read time**",
          lambda r: f"**{r.fold.fold_seconds / r.fold.raw_read_seconds:.1f}**"),
-        ("fold again, warm app (s) = recorder paging / decoding / evolve", fold_split_cell),
+        ("fold again, one timed pass (s) = recorder read + decode + evolve", fold_split_cell),
         ("aggregate load after restart, whole log (first write pays it) (s)",
          lambda r: f"{r.fold.aggregate_load_seconds:.2f}"),
         ("with a snapshot at the head: cold StateView / aggregate load / first write (s)",
@@ -795,10 +853,8 @@ def growth_cell(rate: Rate) -> str:
 
 
 def fold_split_cell(r: BackendResult) -> str:
-    f = r.fold
-    evolve = f.warm_fold_seconds - f.recorder_seconds - f.decode_seconds
-    return (f"{f.warm_fold_seconds:.2f} = {f.recorder_seconds:.2f} / {f.decode_seconds:.2f} / "
-            f"{evolve:.2f}")
+    f = r.fold.split
+    return f"{f.total:.2f} = {f.read:.2f} + {f.decode:.2f} + {f.evolve:.2f}"
 
 
 # --- main -----------------------------------------------------------------------------------
