@@ -9,6 +9,7 @@ from typing import Any, cast
 from eventsourcing.application import Application
 from eventsourcing.domain import DomainEvent
 
+from portal_es.domain.balancer import BALANCER_ID
 from portal_es.domain.events import BalancerEvent
 from portal_es.domain.models import CertBundle, Route, Server, Service, Vip
 
@@ -52,6 +53,8 @@ def subjects(event: DomainEvent) -> set[str]:
             out.update({value.ip, value.address, value.alias} - {""})
         elif isinstance(value, str) and value:
             out.add(value)
+    if event.originator_id != BALANCER_ID:  # a change's saga events name their change
+        out.add(str(event.originator_id))
     return out
 
 
@@ -68,7 +71,15 @@ def record(position: int, event: DomainEvent) -> dict[str, Any]:
     if isinstance(event, BalancerEvent):
         out["actor"], out["request_id"] = event.actor, event.request_id
         out["data"] = {k: _plain(v) for k, v in event.payload().items()}
+    elif event.originator_id != BALANCER_ID:  # a cluster change's saga, a node's membership
+        fields = {k: v for k, v in vars(event).items() if k not in _BASE_FIELDS}
+        out["actor"] = fields.pop("actor", "system")
+        out["request_id"] = fields.pop("request_id", "")
+        out["data"] = {k: _plain(v) for k, v in fields.items()}
     return out
+
+
+_BASE_FIELDS = {"originator_id", "originator_version", "originator_topic", "timestamp"}
 
 
 def _matches(f: EventFilter, event: DomainEvent) -> bool:

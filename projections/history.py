@@ -182,25 +182,38 @@ def resolve(app: Application[UUID], point: str) -> int:
     return position_at_time(app, parse_time(value))
 
 
+RECENT_PAGES = 20  # at most 20,000 events back: a restart forgets drains older than that
+
+
 def recent_events(
     app: Application[UUID], before: int, since: datetime
 ) -> list[BalancerEvent]:
     """Balancer events at positions <= `before` whose time is after `since`, oldest first
     (what a projector resuming from a snapshot needs to know which servers still drain)."""
-    found: list[BalancerEvent] = []
+    newest_first: list[BalancerEvent] = []
     stop = before
-    while stop > 0:
+    for _ in range(RECENT_PAGES):
+        if stop <= 0:
+            break
         start = max(stop - PAGE, 0)
         page = app.recorder.select_notifications(
             start=start, limit=PAGE + 1, stop=stop, inclusive_of_start=False
         )
-        events = [app.mapper.to_domain_event(n) for n in page if n.originator_id == BALANCER_ID]
-        recent = [e for e in events if isinstance(e, BalancerEvent) and e.timestamp > since]
-        found[:0] = recent
-        if len(recent) < len([e for e in events if isinstance(e, BalancerEvent)]) or start == 0:
-            return found
+        for n in reversed(page):
+            if n.originator_id != BALANCER_ID:
+                continue
+            try:
+                event = app.mapper.to_domain_event(n)
+            except Exception as e:  # drains are best effort; the state comes from the snapshot
+                log.warning("position %d is unreadable, drains before it are not known: %s",
+                            n.id, e)
+                return newest_first[::-1]
+            if isinstance(event, BalancerEvent):
+                if event.timestamp <= since:
+                    return newest_first[::-1]
+                newest_first.append(event)
         stop = start
-    return found
+    return newest_first[::-1]
 
 
 # --- comparing two points -----------------------------------------------------------------

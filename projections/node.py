@@ -25,7 +25,7 @@ from eventsourcing.persistence import IntegrityError, Notification, Tracking, Tr
 from portal_es.adapters.kernel import DataplaneError, Drift, L4Dataplane
 from portal_es.adapters.vips import VipManager
 from portal_es.domain.balancer import BALANCER_ID
-from portal_es.domain.events import BalancerEvent
+from portal_es.domain.events import BalancerEvent, VipAdded, VipRemoved
 from portal_es.domain.models import CertBundle, ErrorPages, Route
 from portal_es.domain.state import BalancerState
 from projections import history
@@ -35,6 +35,7 @@ from projections.l4 import VirtualService, desired_services
 log = logging.getLogger(__name__)
 
 PAGE = 1000
+RECORD_IDLE_EVERY = 1.0  # seconds between positions recorded for plane-less applies
 T = TypeVar("T")
 # Told of every apply: (what it gave, what the one before gave). The cluster acks with it.
 AppliedListener = Callable[["Applied", "Applied"], None]
@@ -94,6 +95,12 @@ class NodeProjector:
         self.duplicates = 0  # deliveries skipped: already folded (at-least-once delivery)
         self._dirty = False  # configuration events folded since the planes last applied
         self._errors: dict[str, str] = {}  # the planes' errors at their last apply
+        self._recorded_at = 0.0  # monotonic time of the last position recorded
+        # Records (node, position) in one statement, instead of the library's tracking
+        # recorder (two transactions); the cluster sets it (PostgreSQL).
+        self.record_position: Callable[[str, int], None] | None = None
+        self._vips_dirty = True  # vip events folded since the vips were last synced
+        self._vip_errors: dict[str, str] = {}
 
     # --- the synchronous core (one worker thread) ---------------------------------------
 
@@ -120,7 +127,7 @@ class NodeProjector:
             since = datetime.now(UTC) - self.drains.timeout
             for event in history.recent_events(self.app, folded.position, since):
                 self.drains.observe(event)
-        self._dirty = self._full_sync_needed = True
+        self._dirty = self._full_sync_needed = self._vips_dirty = True
 
     def _fold(self, n: Notification) -> None:
         if n.originator_id == BALANCER_ID and n.originator_version != self.version + 1:
@@ -138,6 +145,9 @@ class NodeProjector:
                 event.evolve(self.state)
                 self.drains.observe(event)
                 self._dirty = True
+                if isinstance(event, (VipAdded, VipRemoved)) or getattr(
+                        event, "collection", None) == "vips":
+                    self._vips_dirty = True
             self.version = event.originator_version
         self.position = n.id
 
@@ -165,7 +175,10 @@ class NodeProjector:
         folded): record the position, keep the last errors."""
         started = time.perf_counter()
         if not (planes or full):
-            self._record_position()
+            # Nothing a plane holds changed: the position is recorded at most once a second
+            # (a restart re-folds these few events; the kernel is diffed anyway).
+            if time.monotonic() - self._recorded_at >= RECORD_IDLE_EVERY:
+                self._record_position()
             return Applied(self.position, self.version, dict(self._errors),
                            time.perf_counter() - started)
         self._dirty = False
@@ -180,7 +193,12 @@ class NodeProjector:
             self._full_sync_needed = True  # the next sync re-reads the kernel
             errors[self.l4.name] = str(e)
         if self.vips is not None:
-            errors.update(self.vips.sync(list(self.state.vips.values())).errors)
+            # Netlink and the owned-vips file cost milliseconds: only when vips changed, a
+            # sync failed last time, or a full reconcile is due (it repairs drift).
+            if full or self._vips_dirty or self._vip_errors:
+                self._vips_dirty = False
+                self._vip_errors = self.vips.sync(list(self.state.vips.values())).errors
+            errors.update(self._vip_errors)
         for what, why in errors.items():
             log.error("applying position %d failed: %s: %s", self.position, what, why)
         self._errors = dict(errors)
@@ -188,10 +206,15 @@ class NodeProjector:
         return Applied(self.position, self.version, errors, time.perf_counter() - started)
 
     def _record_position(self) -> None:
+        self._recorded_at = time.monotonic()
+        if not self.position:
+            return
+        if self.record_position is not None:
+            self.record_position(self.node_name, self.position)
+            return
         # IntegrityError: already recorded this far (nothing new was folded).
-        if self.position:
-            with contextlib.suppress(IntegrityError):
-                self._tracking.insert_tracking(Tracking(self.node_name, self.position))
+        with contextlib.suppress(IntegrityError):
+            self._tracking.insert_tracking(Tracking(self.node_name, self.position))
 
     def step(self, full: bool = False) -> Applied:
         self.catch_up()

@@ -67,9 +67,10 @@ class AdvisoryLock:
         """Wait in PostgreSQL's queue for the lock (first come, first served)."""
         conn = await self.connect()
         try:
-            await conn.execute("SELECT set_config('lock_timeout', %s, false)",
-                               (f"{max(1, int(timeout * 1000))}ms",))
-            await conn.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_CLASS, self.key))
+            # One round trip: the timeout is set (for this session) before the lock is taken.
+            await conn.execute(
+                "SELECT set_config('lock_timeout', %s, false), pg_advisory_lock(%s, %s)",
+                (f"{max(1, int(timeout * 1000))}ms", LOCK_CLASS, self.key))
         except pg_errors.LockNotAvailable:
             raise LockTimeout(f"{self.purpose} lock busy for {timeout:g} s") from None
         except psycopg.OperationalError:

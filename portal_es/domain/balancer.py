@@ -329,7 +329,9 @@ class Balancer(Aggregate):
                 meta, ev.Restored, restored_position=position, restored_version=version,
                 restored_time=time, reason=reason,
             )
-        return self.state
+        s = self.state  # a copy of the collections: the caller may read it after the save
+        return BalancerState(dict(s.services), dict(s.routes), dict(s.certs), dict(s.vips),
+                             s.error_pages)
 
     # --- compensation ---------------------------------------------------------------------
 

@@ -248,6 +248,21 @@ def _diff_query(values: Values) -> str:
     return "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
 
 
+# The cluster's changes (cluster mode): one by id, or the latest, newest first.
+CHANGE_ID = Opt("change_id", ("--id",), "One change (the id in a 202's Location: /changes/ID)")
+CHANGE_STATE = Opt("state", ("--state",),
+                   "Only changes in this state [requested committed compensated timed_out]")
+CHANGE_LIMIT = Opt("limit", ("--limit",), "At most this many changes (default 100, max 1000)",
+                   int, minimum=1)
+
+
+def _changes_path(values: Values) -> str:
+    if values.get("change_id"):
+        return path("changes", str(values["change_id"]))
+    query = {k: values.get(k) for k in ("state", "limit") if values.get(k) is not None}
+    return "/changes" + ("?" + urllib.parse.urlencode(query) if query else "")
+
+
 def _restore_body(values: Values) -> dict[str, Any]:
     if not values.get("at"):
         raise BadInput("'--at'", "required: the point of the log to restore")
@@ -382,6 +397,12 @@ COMMANDS = [
                   lambda v: Call("PUT", "/errors", "errors", _json_object(v))),
     ClientCommand("status", "Show the node: balancer, how far it applied the log, drift", (),
                   lambda v: Call("GET", "/status", "status")),
+    ClientCommand("nodes", "Show the cluster's nodes: health, position, lag behind the head", (),
+                  lambda v: Call("GET", "/cluster/nodes", "nodes")),
+    ClientCommand("changes", "Show the cluster's changes (requested, applied or failed per "
+                  "node, committed, compensated or timed out), newest first; or one by --id",
+                  (CHANGE_ID, CHANGE_STATE, CHANGE_LIMIT),
+                  lambda v: Call("GET", _changes_path(v), "changes")),
     ClientCommand("show", "Show the whole configuration, now or --at a point of the log", (AT,),
                   lambda v: Call("GET", "/state" + _state_query(v), "state")),
     ClientCommand("diff", "Show what changed between two points of the log, per object",
@@ -591,6 +612,7 @@ def _maintenance(ctx: typer.Context, values: Values, action: Callable[[Settings]
     """Run a node maintenance action here (it programs this node's kernel: needs root)."""
     settings = _settings(settings_flags(ctx, values))
     from portal_es.adapters.kernel.choice import BalancerUnavailable
+    from portal_es.domain.errors import DomainError
     from portal_es.entrypoints.server import configure_logging
 
     configure_logging(settings)
@@ -598,6 +620,8 @@ def _maintenance(ctx: typer.Context, values: Values, action: Callable[[Settings]
         result = action(settings)
     except BalancerUnavailable as e:
         fail(f"portal-es: balancer {settings.balancer}: {e}", 1)
+    except DomainError as e:  # e.g. a restore the domain refuses (a socket in use)
+        fail(f"portal-es: {e}", 1)
     typer.echo(json.dumps(result, separators=(",", ":"), ensure_ascii=False))
     if result.get("errors"):
         raise typer.Exit(1)
@@ -614,6 +638,11 @@ def run_rebuild(ctx: typer.Context, values: Values) -> None:
 
 # --- the log's own commands: on the store, no server needed -----------------------------------
 
+# A restore is checked against the sockets the node's API and proxy listen on (as every write
+# is): rebuild --at takes them like `serve` (flags, environment or the node's config file).
+LISTENERS = tuple(
+    o for o in SETTINGS if o.name in ("api_host", "api_port", "proxy_http", "proxy_tls")
+)
 STORE_SETTINGS = tuple(
     o for o in SETTINGS if o.name in ("db_connection", "work_dir", "cert_key_cipher", "log_level")
 )
@@ -760,7 +789,7 @@ app.command("rebuild", help="Restore this node's kernel and vips from the log (a
                             "--at restores the configuration of a past point first (recorded "
                             "as events, written straight into the store: for a node whose "
                             "server is not running; else use `restore`)")(
-    typer_command((*NODE_SETTINGS, CONF, DRY_RUN, AT, REASON), run_rebuild)
+    typer_command((*NODE_SETTINGS, *LISTENERS, CONF, DRY_RUN, AT, REASON), run_rebuild)
 )
 app.command("replay", help="Print the log (JSON lines), export it to a file, or import files "
                            "into the store (backup, restore, SQLite <-> PostgreSQL)")(

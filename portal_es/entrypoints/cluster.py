@@ -24,6 +24,7 @@ from eventsourcing.persistence import TrackingRecorder
 from portal_es.adapters.broker import ACK, HEARTBEAT, Broker, BrokerUnavailable, Envelope
 from portal_es.adapters.broker import notifications_from as log_batch
 from portal_es.adapters.pglocks import AdvisoryLock, conninfo
+from portal_es.adapters.tracking import PositionRecorder
 from portal_es.config import Settings
 from portal_es.domain.membership import Member, member_id
 from portal_es.service.app import PortalApplication
@@ -62,6 +63,8 @@ class ClusterRuntime:
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: set[asyncio.Task[Any]] = set()
         node.listeners.append(self._on_applied)
+        self.positions = PositionRecorder(dsn)
+        node.record_position = self.positions.record
 
     def coordinator(self, executor: ThreadPoolExecutor) -> ClusterCoordinator:
         return ClusterCoordinator(
@@ -89,6 +92,7 @@ class ClusterRuntime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.change_lock.close()
+        self.positions.close()
         with contextlib.suppress(Exception):  # a clean stop says so in the log
             await asyncio.to_thread(self._leave)
         log.info("node %s left cluster %s", self.name, self.settings.cluster_name)

@@ -38,7 +38,8 @@ async def get_state(request: web.Request) -> web.Response:
     """GET /state?at=POINT: the whole configuration then (now without `at`)."""
     app, at = request.app[api.APP_KEY], _point(request, "at")
     folded_state = await api._in_worker(request, lambda: _state_at(app, at))
-    return api._json(_answer(folded_state), version=folded_state.version)
+    # ETag only for now: an old version sent back as If-Match could only fail (412)
+    return api._json(_answer(folded_state), version=folded_state.version if at is None else None)
 
 
 async def get_state_diff(request: web.Request) -> web.Response:

@@ -23,6 +23,9 @@ ROUTE_COLUMNS = ("SUBDOMAIN", "DOMAIN", "PATH", "TARGETS", "FWDPATH", "PAGE", "H
 CERT_COLUMNS = ("CN", "SANS", "NOT AFTER", "FINGERPRINT")
 VIP_COLUMNS = ("IP", "INTERFACE", "ALIAS")
 EVENT_COLUMNS = ("POSITION", "TIME", "TYPE", "ACTOR", "DATA")
+NODE_COLUMNS = ("NODE", "HEALTH", "POSITION", "LAG", "LAST SEEN", "RELAY", "BALANCER", "ERRORS")
+CHANGE_COLUMNS = ("CHANGE", "STATE", "COMMAND", "ORIGIN", "REQUESTED", "APPLIED", "FAILED",
+                  "NOT WAITED FOR", "MESSAGE")
 DATA_WIDTH = 80  # an event's data is a summary here; the JSON output has all of it
 SERVERS_INDENT = "    "
 
@@ -133,6 +136,30 @@ def events(items: list[dict[str, Any]]) -> list[str]:
     return aligned(EVENT_COLUMNS, rows)
 
 
+def nodes(items: list[dict[str, Any]]) -> list[str]:
+    rows = [
+        [cell(n.get("node")) + (" *" if n.get("self") else ""), cell(n.get("health")),
+         cell(n.get("position")), cell(n.get("lag")),
+         "" if n.get("last_seen") is None else f"{n['last_seen']:.1f}s ago",
+         "yes" if n.get("relay") else "", cell(n.get("balancer")),
+         "; ".join(f"{k}: {v}" for k, v in (n.get("errors") or {}).items())]
+        for n in items
+    ]
+    return [*aligned(NODE_COLUMNS, rows), "(* the node that answered)"]
+
+
+def changes(items: list[dict[str, Any]]) -> list[str]:
+    rows = [
+        [cell(c.get("id")), cell(c.get("state")), cell(c.get("command")), cell(c.get("origin")),
+         cell(c.get("requested")), " ".join(sorted(c.get("applied") or {})),
+         " ".join(sorted(c.get("failed") or {})),
+         " ".join([*(c.get("skipped") or []), *(c.get("waiting") or [])]),
+         cell(c.get("message"))]
+        for c in items
+    ]
+    return aligned(CHANGE_COLUMNS, rows)
+
+
 def error_pages(pages: dict[str, Any]) -> list[str]:
     return aligned(("PAGE", "BODY"), [[k, json.dumps(v, ensure_ascii=False)]
                                        for k, v in pages.items()])
@@ -185,7 +212,7 @@ def _label(item: dict[str, Any]) -> str:
 
 LISTS: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
     "services": services, "servers": servers, "routes": routes, "certs": certs, "vips": vips,
-    "events": events,
+    "events": events, "nodes": nodes, "changes": changes,
 }
 # A command that answers one object is shown as a list of one.
 SINGLE = {"service": "services", "server": "servers", "route": "routes", "cert": "certs",

@@ -9,6 +9,7 @@ after repeated conflicts answered as ConcurrentWrites (409), never dropped.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import random
@@ -94,11 +95,20 @@ class PortalApplication(SnapshottingApplication):
         transcodings.register(transcoder, cipher)
 
     def _balancer(self) -> Balancer:
+        # The cached aggregate itself, not the library's deep copy of it (which costs ~6 ms
+        # per hundred services on every write): a write that changes it and does not save
+        # it drops it from the cache (_forget).
         try:
-            balancer: Balancer = self.repository.get(BALANCER_ID)
+            balancer: Balancer = self.repository.get(BALANCER_ID, deepcopy_from_cache=False)
         except AggregateNotFoundError:
             balancer = Balancer()
         return balancer
+
+    def _forget(self) -> None:
+        """The cached Balancer may hold events that were not saved: reload it next time."""
+        if self.repository.cache is not None:
+            with contextlib.suppress(KeyError):
+                self.repository.cache.get(BALANCER_ID, evict=True)
 
     def execute(
         self, command: Command, meta: Meta, expected_version: int | None = None,
@@ -109,16 +119,18 @@ class PortalApplication(SnapshottingApplication):
         with self._lock:
             for attempt in itertools.count():
                 balancer = self._balancer()
-                balancer.check_version(expected_version)
-                result = handler(balancer, command, meta, self.reserved)
-                events = [e for e in balancer.pending_events if isinstance(e, BalancerEvent)]
-                if not balancer.pending_events:
-                    return Outcome(result, balancer.version, [])
-                self._check_policy(balancer, events)
-                attached = attach(balancer, events) if attach else ()
                 try:
+                    balancer.check_version(expected_version)
+                    result = handler(balancer, command, meta, self.reserved)
+                    events = [e for e in balancer.pending_events
+                              if isinstance(e, BalancerEvent)]
+                    if not balancer.pending_events:
+                        return Outcome(result, balancer.version, [])
+                    self._check_policy(balancer, events)
+                    attached = attach(balancer, events) if attach else ()
                     recordings = self.save(*attached, balancer)
                 except IntegrityError:
+                    self._forget()
                     if time.monotonic() > deadline:
                         raise ConcurrentWrites from None
                     # Another writer won this version: back off (jittered, so that
@@ -126,6 +138,9 @@ class PortalApplication(SnapshottingApplication):
                     log.info("write conflict on %s, retrying", type(command).__name__)
                     time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
                     continue
+                except BaseException:
+                    self._forget()
+                    raise
                 position = recordings[-1].notification.id
                 return Outcome(result, balancer.version, events, position)
         raise AssertionError("unreachable")
@@ -149,11 +164,15 @@ class PortalApplication(SnapshottingApplication):
         """Append the inverse of `events` (one change), if nothing was written since."""
         with self._lock:
             balancer = self._balancer()
-            balancer.check_version(expected_version)
-            balancer.compensate(meta, events)
-            inverses = [e for e in balancer.pending_events if isinstance(e, BalancerEvent)]
-            attached = attach(balancer, inverses) if attach else ()
-            recordings = self.save(*attached, balancer)
+            try:
+                balancer.check_version(expected_version)
+                balancer.compensate(meta, events)
+                inverses = [e for e in balancer.pending_events if isinstance(e, BalancerEvent)]
+                attached = attach(balancer, inverses) if attach else ()
+                recordings = self.save(*attached, balancer)
+            except BaseException:
+                self._forget()
+                raise
             return Outcome(None, balancer.version, inverses, recordings[-1].notification.id)
 
     def version(self) -> int:

@@ -41,6 +41,15 @@ class NodeResult:
     failed: bool
 
 
+@dataclass(frozen=True)
+class Requested:
+    """A new change: the command's outcome and the Change saved with it (None when the
+    command changed nothing: there is no change to decide)."""
+
+    outcome: Outcome
+    change: Change | None
+
+
 class _Existing(Exception):
     def __init__(self, change: Change) -> None:
         self.change = change
@@ -57,58 +66,61 @@ def find(app: PortalApplication, change_id: str) -> Change | None:
 def request(
     app: PortalApplication, command: Command, meta: Meta, expected_version: int | None,
     spec: ChangeSpec,
-) -> Outcome | Change:
-    """The outcome of the new change, or the change the Idempotency-Key already names."""
+) -> Requested | Change:
+    """The new change, or the change the Idempotency-Key already names."""
+    created: list[Change] = []
 
     def attach(balancer: Balancer, events: Sequence[BalancerEvent]) -> list[Aggregate]:
+        if not events:  # only the Balancer's creation (a no-op first command): no change
+            return []
         if spec.idempotency_key:
             existing = find(app, spec.change_id)
             if existing is not None:
                 raise _Existing(existing)
-        return [Change(
+        created[:] = [Change(
             change_id=spec.change_id, origin=spec.origin, command=type(command).__name__,
             actor=meta.actor, request_id=meta.request_id, idempotency_key=spec.idempotency_key,
             config_version=balancer.version, targets=list(spec.targets),
         )]
+        return list(created)
 
     try:
-        return app.execute(command, meta, expected_version, attach=attach)
+        outcome = app.execute(command, meta, expected_version, attach=attach)
     except _Existing as e:
         return e.change
+    return Requested(outcome, created[0] if outcome.events else None)
 
 
-def _with_results(app: PortalApplication, change_id: str,
-                  results: Sequence[NodeResult]) -> Change:
-    change = find(app, change_id)
-    if change is None:
-        raise LookupError(f"no change {change_id} in the log")
+# The decisions take the Change object that `request` saved (the saga holds it: no reload).
+# Whoever else decided it meanwhile makes the save fail on the Change's version.
+
+
+def _with_results(change: Change, results: Sequence[NodeResult]) -> Change:
     for r in results:
         change.record(r.node, r.position, r.errors, r.failed)
     return change
 
 
-def commit(app: PortalApplication, change_id: str, results: Sequence[NodeResult],
+def commit(app: PortalApplication, change: Change, results: Sequence[NodeResult],
            result: Any, skipped: list[str]) -> None:
-    change = _with_results(app, change_id, results)
-    change.commit(result if change.idempotency_key else None, skipped)
+    _with_results(change, results).commit(result if change.idempotency_key else None, skipped)
     app.save(change)
 
 
-def time_out(app: PortalApplication, change_id: str, results: Sequence[NodeResult],
+def time_out(app: PortalApplication, change: Change, results: Sequence[NodeResult],
              waiting: list[str], reason: str, result: Any = None) -> None:
-    change = _with_results(app, change_id, results)
-    change.time_out(waiting, reason, result if change.idempotency_key else None)
+    _with_results(change, results).time_out(
+        waiting, reason, result if change.idempotency_key else None)
     app.save(change)
 
 
 def compensate(
-    app: PortalApplication, change_id: str, results: Sequence[NodeResult],
+    app: PortalApplication, change: Change, results: Sequence[NodeResult],
     events: Sequence[BalancerEvent], meta: Meta, expected_version: int, message: str,
     status: int, skipped: list[str],
 ) -> Outcome:
     def attach(balancer: Balancer, inverses: Sequence[BalancerEvent]) -> list[Aggregate]:
-        change = _with_results(app, change_id, results)
-        change.compensate(message, status, skipped)
+        _with_results(change, results).compensate(message, status, skipped)
         return [change]
 
     return app.compensate(events, meta, expected_version, attach=attach)

@@ -77,6 +77,9 @@ class Relay:
             await asyncio.sleep(CAMPAIGN_INTERVAL)
         conn = await self.lock.connect()
         await conn.execute(f"LISTEN {self.events_table}")  # eventsourcing NOTIFYs on insert
+        # The relay's position is a hint (at-least-once): its updates need not wait for the
+        # disk; after a crash of PostgreSQL a few batches are published again, and skipped.
+        await conn.execute("SET synchronous_commit = off")
         self.position = await self._tracked(conn)
         self.active = True
         log.info("relay: active, publishing the log after position %d", self.position)

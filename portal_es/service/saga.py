@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
+from eventsourcing.persistence import IntegrityError
 
 from portal_es.adapters.pglocks import AdvisoryLock, LockTimeout
 from portal_es.domain.balancer import Meta
@@ -69,6 +70,7 @@ class ClusterCoordinator(ChangeCoordinator):
         self.lock = lock
         self.change_timeout = max(change_timeout, apply_timeout)
         self._inflight: dict[str, asyncio.Task[Outcome]] = {}
+        self._adopted_at = float("-inf")  # when open changes were last looked for
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` in the store's worker thread (the eventsourcing library is synchronous)."""
@@ -152,22 +154,25 @@ class ClusterCoordinator(ChangeCoordinator):
         await self._acquire(deadline)
         locked = loop.time()
         try:
-            await self._call(self._adopt_orphans)
+            if loop.time() - self._adopted_at > self.cluster.node_timeout:
+                await self._call(self._adopt_orphans)
+                self._adopted_at = loop.time()
             spec = ChangeSpec(change_id, self.local.node_name, key, self.cluster.live())
             requested = await self._call(changes.request, self.app, command, meta,
-                                        expected_version, spec)
+                                         expected_version, spec)
         except BaseException:
             await self._release()
             raise
         if isinstance(requested, Change):  # the key's change, saved meanwhile by another node
             await self._release()
             return await self._replay(requested, deadline)
-        if not requested.events:  # nothing to change: no change to decide
+        if requested.change is None:  # nothing to change: no change to decide
             await self._release()
-            return requested
+            return requested.outcome
         times = {"lock": locked - began, "request": loop.time() - locked}
-        task = asyncio.create_task(self._decide(change_id, requested, meta, spec.targets, times),
-                                   name=f"change-{change_id}")
+        task = asyncio.create_task(
+            self._decide(requested.change, requested.outcome, meta, times),
+            name=f"change-{change_id}")
         self._inflight[change_id] = task
         task.add_done_callback(lambda t: self._done(change_id, t))
         return task
@@ -180,39 +185,46 @@ class ClusterCoordinator(ChangeCoordinator):
                 log.error("change %s: %s", change_id, error)
 
     def _adopt_orphans(self) -> None:
-        """Close changes whose coordinator died before deciding (we hold the lock, so no
-        living coordinator is deciding one)."""
+        """Close changes whose coordinator died before deciding them. We hold the lock, so
+        no living coordinator is deciding one. Looked for once per node-timeout, not before
+        every change: an orphan's coordinator is dead, and the change is already in the log
+        (applied by the nodes); only its record stays open until then."""
         self.changes_view.catch_up()
-        for change in self.changes_view.open_changes():
+        for open_change in self.changes_view.open_changes():
+            change = changes.find(self.app, open_change.change_id)
+            if change is None or change.state != ChangeState.requested:
+                continue
             reason = (f"its coordinator '{change.origin}' stopped before deciding it; "
                       "the change is kept")
             log.warning("change %s: %s", change.change_id, reason)
-            with contextlib.suppress(ChangeAlreadyDecided):
-                changes.time_out(self.app, change.change_id, [], list(change.targets), reason)
+            with contextlib.suppress(ChangeAlreadyDecided, IntegrityError):
+                changes.time_out(self.app, change, [], list(change.targets), reason)
 
-    async def _decide(self, change_id: str, outcome: Outcome, meta: Meta,
-                      targets: list[str], times: dict[str, float]) -> Outcome:
+    async def _decide(self, change: Change, outcome: Outcome, meta: Meta,
+                      times: dict[str, float]) -> Outcome:
         loop = asyncio.get_running_loop()
         started = loop.time()
         until = started + self.change_timeout
+        change_id = change.change_id
         try:
             self.local.wake()  # this node applies from the store at once, not via the broker
-            results, skipped, waiting = await self._collect(outcome.position, targets, until)
+            results, skipped, waiting = await self._collect(outcome.position, change.targets,
+                                                            until)
             times["acks"] = loop.time() - started
             if any(r.failed for r in results):
-                await self._compensate(change_id, outcome, meta, results, skipped, until)
+                await self._compensate(change, outcome, meta, results, skipped, until)
             if waiting:
                 reason = (f"not confirmed by {', '.join(waiting)} within "
                           f"{self.change_timeout:g} s; the change is kept")
                 log.warning("change %s %s", change_id, reason)
-                await self._call(changes.time_out, self.app, change_id, results, waiting,
-                                reason, outcome.result)
+                await self._call(changes.time_out, self.app, change, results, waiting,
+                                 reason, outcome.result)
                 raise ChangePending(f"Change {change_id} {reason}",
                                     location=location(change_id))
-            await self._call(changes.commit, self.app, change_id, results, outcome.result,
-                            skipped)
+            await self._call(changes.commit, self.app, change, results, outcome.result,
+                             skipped)
             times["commit"] = loop.time() - started - times["acks"]
-            log.info("change %s committed: %s", change_id,
+            log.debug("change %s committed: %s", change_id,
                       ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in times.items()))
             return outcome
         finally:
@@ -242,9 +254,10 @@ class ClusterCoordinator(ChangeCoordinator):
             await self.cluster.changed(min(WAIT_STEP, left))
 
     async def _compensate(
-        self, change_id: str, outcome: Outcome, meta: Meta, results: list[NodeResult],
+        self, change: Change, outcome: Outcome, meta: Meta, results: list[NodeResult],
         skipped: list[str], until: float,
     ) -> None:
+        change_id = change.change_id
         failed = [r for r in results if r.failed]
         names = " ".join(r.node for r in failed)
         why = "; ".join(f"{r.node}: {e}" for r in failed for e in r.errors.values())
@@ -253,11 +266,13 @@ class ClusterCoordinator(ChangeCoordinator):
         undo = Meta(actor=meta.actor, request_id=meta.request_id + ":compensation")
         try:
             compensation = await self._call(
-                changes.compensate, self.app, change_id, results, outcome.events, undo,
+                changes.compensate, self.app, change, results, outcome.events, undo,
                 outcome.version, message, ChangeFailed.status, skipped)
         except StaleVersion as e:  # cannot happen under the lock, unless the lock was lost
             message = message.replace("it was rolled back", f"it could NOT be rolled back: {e}")
-            await self._call(changes.time_out, self.app, change_id, results, [], message)
+            fresh = await self._call(changes.find, self.app, change_id)  # without the above
+            if fresh is not None:
+                await self._call(changes.time_out, self.app, fresh, results, [], message)
             raise ChangeFailed(message) from None
         self.local.wake()
         loop = asyncio.get_running_loop()

@@ -45,7 +45,10 @@ from tests.nodes import NsPortal
 
 T = TypeVar("T")
 PG_SOCKET = "/var/run/postgresql"
-PG_URL = f"postgresql://postgres@/test?host={PG_SOCKET}"
+# The database `test` by default; PORTAL_ES_CLUSTER_PG_DB names another one (so that a
+# developer can run these while other suites use `test`).
+PG_DB = os.environ.get("PORTAL_ES_CLUSTER_PG_DB", "test")
+PG_URL = f"postgresql://postgres@/{PG_DB}?host={PG_SOCKET}"
 AMQP = ("127.0.0.1", 5672)
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 CIPHER = "gR60mTuoRo38fasUtuMcxot8Bggeuyv9paiJCU53ItU="
@@ -110,7 +113,7 @@ class Node(NsPortal):
     def addresses(self, interface: str = VIP_IFACE) -> list[str]:
         out = sh("ip", "-n", self.netns, "-j", "addr", "show", "dev", interface)
         return sorted(f"{a['local']}/{a['prefixlen']}" for i in json.loads(out)
-                      for a in i.get("addr_info", []))
+                      for a in i.get("addr_info", []) if a.get("family") == "inet")
 
     def ruleset(self) -> str:
         return sh("ip", "netns", "exec", self.netns, "nft", "list", "table", "ip", "portal_es",
@@ -151,7 +154,7 @@ class Cluster:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self._bridges.append(subprocess.Popen(
             ["socat", f"UNIX-LISTEN:{self.socket_path},fork,unlink-early",
-             f"TCP:{AMQP[0]}:{AMQP[1]}"], stderr=subprocess.DEVNULL))
+             f"TCP:{AMQP[0]}:{AMQP[1]},nodelay"], stderr=subprocess.DEVNULL))
         until(lambda: Path(self.socket_path).exists(), 5, "the AMQP bridge socket")
         for i in range(1, self.size + 1):
             self._add_node(f"n{i}")
@@ -175,7 +178,7 @@ class Cluster:
             sh("ip", "-n", ns, "link", "set", f"{VIP_IFACE}p", "up")
         self._bridges.append(subprocess.Popen(
             ["ip", "netns", "exec", ns, "socat",
-             f"TCP-LISTEN:{AMQP[1]},bind=127.0.0.1,reuseaddr,fork",
+             f"TCP-LISTEN:{AMQP[1]},bind=127.0.0.1,reuseaddr,fork,nodelay",
              f"UNIX-CONNECT:{self.socket_path}"], stderr=subprocess.DEVNULL))
         self.nodes.append(Node(
             self.tmp / name, db_connection=PG_URL, kernel=True, netns=ns, name=name,
@@ -240,6 +243,11 @@ class Cluster:
         view = StateView(self.app)
         view.catch_up()
         return view.state
+
+    def fold_version(self) -> int:
+        view = StateView(self.app)
+        view.catch_up()
+        return view.version
 
     def head(self) -> int:
         return self.app.recorder.max_notification_id() or 0
@@ -416,5 +424,10 @@ def cluster(tmp: Path, **options: Any) -> Iterator[Cluster]:
         yield c
     except NetnsUnavailable as e:
         unavailable(str(e))
+    except BaseException:
+        for node in c.nodes:  # shown by pytest with the failure
+            print(f"--- {node.name} (last 40 lines of {node.work_dir / 'server.log'})")
+            print("\n".join(node.log.splitlines()[-40:]))
+        raise
     finally:
         c.stop()

@@ -3,6 +3,7 @@ answered; a node that cannot apply it gets it compensated everywhere."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,6 +67,22 @@ def test_a_write_on_any_node_is_on_every_node_when_answered(three: Cluster) -> N
     assert (first.status, first.text) == (retry.status, retry.text) == (200, first.text)
     assert three.head() == head
     three.wait_converged()
+
+    # The same through the command line (run inside a node's namespace).
+    table = n1.cli("nodes", "-i", "-P", str(n1.port), "--output", "table")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:4] == ["NODE", "HEALTH", "POSITION", "LAG"]
+    assert sorted(line.split()[0] for line in lines[1:4]) == ["n1", "n2", "n3"]
+    assert all(" alive " in line for line in lines[1:4])
+    listed = n2.cli("changes", "-i", "-P", str(n2.port), "--state", "committed")
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == 4
+    one = n3.cli("changes", "-i", "-P", str(n3.port), "--id", changes[0]["id"])
+    assert json.loads(one.stdout)["id"] == changes[0]["id"]
+    saga = n1.cli("events", "-i", "-P", str(n1.port), "--entity", changes[0]["id"])
+    assert [json.loads(line)["type"] for line in saga.stdout.splitlines()] == [
+        "ChangeRequested", "NodeApplied", "NodeApplied", "NodeApplied", "ChangeCommitted"]
 
 
 def test_a_node_that_cannot_apply_gets_the_change_compensated_everywhere(three: Cluster) -> None:

@@ -55,7 +55,8 @@ def test_a_node_killed_during_a_burst_converges_when_restarted(tmp_path: Path) -
         with Writers([(n1, first), (n2, second)], max_seconds=150) as writers:
             writers.wait_for(150, timeout=60)
             n3.kill()  # SIGKILL: no NodeLeft, no goodbye
-            position_at_kill = n3_position = c.app.recorder.max_tracking_id("n3") or 0
+            position_at_kill = next(r["position"] for r in n1.get("/cluster/nodes")
+                                    if r["node"] == "n3")
             writers.wait_for(250, timeout=60)
             n3.start()  # same work dir, namespace and name: it catches up, then follows
         assert_none_lost(c, burst, writers)
@@ -68,7 +69,6 @@ def test_a_node_killed_during_a_burst_converges_when_restarted(tmp_path: Path) -
         assert_never_backwards(tap.acks())
         n3_acks = [a for a in tap.acks() if a["node"] == "n3"]
         assert len({a["data"]["incarnation"] for a in n3_acks}) == 2
-        assert n3_position > 0
         types = [e["type"] for e in c.events()]
         assert types.count("NodeRejoined") == 1  # the restart is in the log
         changes = n1.get("/changes?limit=1000")
@@ -79,7 +79,7 @@ def test_a_node_killed_during_a_burst_converges_when_restarted(tmp_path: Path) -
 
 def test_rabbitmq_restarted_during_writes_loses_nothing(tmp_path: Path) -> None:
     with cluster(tmp_path) as c:
-        n1, n2, n3 = c.nodes
+        n1, n2, _ = c.nodes
         burst = services(200, first_octet=40)
         first, second = halves(burst)
         with Writers([(n1, first), (n2, second)], max_seconds=150) as writers:
