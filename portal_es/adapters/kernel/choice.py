@@ -19,7 +19,7 @@ def _nftables() -> L4Dataplane:
 
     if not nftables_available():
         raise BalancerUnavailable(
-            "nftables is not usable here (libnftables1 missing or no CAP_NET_ADMIN)"
+            "nftables is not usable here (no nf_tables netlink access: not root?)"
         )
     return NftablesDataplane()
 

@@ -22,6 +22,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
+from operator import itemgetter
 from typing import ClassVar, NamedTuple
 
 # --- netlink framing ----------------------------------------------------------------------------
@@ -636,9 +637,9 @@ def _encode_elements(elements: list[tuple[bytes, bytes | None]]) -> list[bytes]:
     map) the headers are computed once and each element is a single concatenation."""
     if not elements:
         return []
-    keys, data = zip(*elements, strict=True)
-    key_sizes = set(map(len, keys))
+    data = list(map(itemgetter(1), elements))
     if None not in data:
+        key_sizes = set(map(len, map(itemgetter(0), elements)))  # C loops, not Python ones
         data_sizes = set(map(len, data))  # type: ignore[arg-type]
         if len(key_sizes) == 1 and len(data_sizes) == 1:
             lk, ld = key_sizes.pop(), data_sizes.pop()
@@ -688,6 +689,12 @@ def decode_set(a: dict[int, bytes]) -> SetSpec:
     return SetSpec(text(a[2]), u32(a[3]), u32(a[4]), u32(a[5]),
                    u32(a[6]) if 6 in a else 0, u32(a[7]) if 7 in a else 0,
                    u32(desc[1]) if 1 in desc else 0)
+
+
+def set_count(a: dict[int, bytes]) -> int | None:
+    """How many elements a dumped set holds (NFTA_SET_COUNT, kernels >= 6.16; else None)."""
+    count = a.get(20)
+    return u32(count) if count is not None and len(count) == 4 else None
 
 
 class LiveChain(NamedTuple):

@@ -2,8 +2,9 @@
 directly, one atomic transaction (netlink batch) per sync.
 
 How a sync works (the layout is in `nft_ruleset`'s docstring):
-1. Each desired service becomes its objects (`service_objects`, pure): a chain (and, with an
-   upper_threshold, a chain per server) and its elements in the shared maps.
+1. Each desired service becomes its objects (`service_objects`, pure, so remembered per
+   service while it stays equal): a chain (and, with an upper_threshold, a chain per
+   server) and its elements in the shared maps.
 2. Incremental sync (the normal case): only services whose desired VirtualService differs
    from the last successful sync are touched - chains whose rules differ flushed and
    refilled, elements whose data differs replaced - in one batch. 10,000 unchanged services
@@ -20,20 +21,31 @@ How a sync works (the layout is in `nft_ruleset`'s docstring):
 Established connections are never cut by a sync: only a connection's first packet traverses
 nat chains; after that conntrack carries it, whatever happens to the rules.
 
-Limits (measured, kernel 6.18, nft 1.0.6, 2 loaded CPUs):
+Limits (measured, kernel 6.18, nft 1.0.6, 2 loaded CPUs; bench/kernel_sync.py):
 - A set per service does not scale: nf_tables keeps a table's sets in a list (anonymous set
   names are allocated by walking it) and nft dumps every set for its cache before each
-  command: 10,000 x 10 took 22-38 s to create, one change 0.2-0.4 s. Hence five shared sets.
-- A map referenced by many rules does not either: adding an element validates it against
-  every rule bound to the map (26.7 s for 10,000 referencing rules), and binding a lookup
-  rule to a map walks all its elements (70-145 ms per rule at 300,000 elements). Hence each
-  map has a single referencing rule, in a shared chain.
+  command: 10,000 x 10 took 38-47 s to create, one change 0.2-0.5 s. Hence a fixed number of
+  shared sets (49, whatever the number of services).
+- A map looked up by many rules does not either: adding an element validates it against
+  every rule that binds the map (26.7 s for 10,000 such rules), and binding a lookup rule
+  walks all the map's elements (70-145 ms per rule at 300,000 elements).
+- Any rule holding a `meta set`, `immediate`, lookup or nat expression, or any jump/goto
+  element, makes the commit re-validate every chain reachable from the base chains: ~5 ms
+  at 10,000 services, 20x that when each service chain jumped to a shared chain. Hence
+  service chains of numgen/jhash + `ct mark set` only: a weight or server change costs no
+  validation; adding or removing a service (its dispatch element) does.
+- The kernel rejects reads of registers the same rule did not write (ENODATA), so values
+  cannot pass between chains in registers: the slot goes through the conntrack mark.
+- A set dump restarts the kernel's hash walk for every 32 KB it returns: O(n^2), 0.4 s of
+  kernel CPU for one 100,000-element map. Hence 16 shards per slot map; maps the kernel
+  reports empty (element count, 6.16+) are not dumped at all.
 - libnftables costs 9-17 us of user CPU per map element whatever the syntax (text, JSON), and
-  ~30 us per element to list; the kernel needs ~2 us. Hence netlink without libnftables:
-  ~0.5 s to create 10,000 x 10, ~1 ms per change.
+  ~30 us per element to list; the kernel needs ~2-4 us. Hence netlink without libnftables.
+  Result at 10,000 x 10: create ~0.9 s CPU, full resync ~0.45 s, one change ~2 ms.
 - upper_threshold is a hard cap (`ct count over N drop`; the client's retry is rescheduled),
   lower_threshold is not used; the mark bit 0x2000 is ORed into the packet mark of a
-  connection's first packet (masquerade request); its skb->priority carries the slot.
+  connection's first packet (masquerade request); the slot rides in its conntrack mark
+  (restored before the packet leaves our chains), the saved ct mark in its skb->priority.
 
 Ownership: portal-es owns the table `ip portal_es` and nothing else; `flush` deletes that
 table only. Other tables (firewalls, kube-proxy, docker) are never read or written.
@@ -250,7 +262,6 @@ class NftablesDataplane:
         last = self._desired
         assert last is not None
         changed = _changed(last, desired)
-        _refuse_unsupported({sid: desired[sid] for sid in changed if sid in desired})
         want = self._objects({sid: desired[sid] for sid in changed if sid in desired})
         plan = rs.plan_incremental(want, self._applied, changed)
         self._apply(plan)
@@ -263,12 +274,16 @@ class NftablesDataplane:
         return plan
 
     def _objects(self, desired: Mapping[str, VirtualService]) -> dict[str, rs.ServiceObjects]:
-        """rs.service_objects for each service, remembered per id."""
+        """rs.service_objects for each service, remembered per id. Refuses (DataplaneError)
+        before anything touches the kernel: a sync is applied whole or not at all."""
         out = {}
         made = self._made
         for sid, vs in desired.items():
             hit = made.get(sid)
             if hit is None or (hit[0] is not vs and hit[0] != vs):
+                reason = rs.unsupported(vs)
+                if reason:
+                    raise DataplaneError(f"service {sid}: {reason}")
                 hit = made[sid] = (vs, rs.service_objects(vs))
             out[sid] = hit[1]
         if len(made) > 2 * len(desired) + 100:  # forget removed services now and then
@@ -276,7 +291,6 @@ class NftablesDataplane:
         return out
 
     def _sync_full(self, desired: Mapping[str, VirtualService]) -> rs.Plan:
-        _refuse_unsupported(desired)
         want = self._objects(desired)
         plan = rs.plan_repair(want, self._read())
         self._apply(plan)
@@ -327,10 +341,17 @@ class NftablesDataplane:
         for r in rules:
             chain_name, expressions = nl.decode_rule(nl.object_attributes(r))
             live.rules.setdefault(chain_name, []).append(expressions)
+        empty: set[str] = set()
         for r in sets:
-            spec = nl.decode_set(nl.object_attributes(r))
+            a = nl.object_attributes(r)
+            spec = nl.decode_set(a)
             live.sets[spec.name] = spec
-        names = [n for n in rs.ELEMENT_MAPS if live.sets.get(n) == rs.SETS[n]]
+            if nl.set_count(a) == 0:
+                empty.add(spec.name)
+        # Maps the kernel says are empty are not dumped (most shards, on small tables).
+        ours = [n for n in rs.ELEMENT_MAPS if live.sets.get(n) == rs.SETS[n]]
+        live.elements = {n: {} for n in ours if n in empty}
+        names = [n for n in ours if n not in empty]
         dumps = self._dumps([partial(nl.get_elements, rs.TABLE, n) for n in names], "maps")
         for name, replies in zip(names, dumps, strict=True):
             live.elements[name] = _elements(rs.SETS[name], replies)
@@ -375,9 +396,9 @@ def _elements(spec: nl.SetSpec, replies: list[nl.Reply]) -> dict[bytes, bytes | 
 def _changed(last: Mapping[str, VirtualService], desired: Mapping[str, VirtualService]
              ) -> list[str]:
     """Ids whose service differs between two syncs (added and removed ones included).
-    Callers rebuild `desired` with the unchanged VirtualService objects, so an identity test
-    finds the candidates; it runs in C (map/compress), not in a Python loop: at 10,000
-    services this walk is most of an incremental sync's own cost."""
+    An identity test, run in C (map/compress), finds the candidates; equality decides for
+    those. Callers that pass the unchanged VirtualService objects again pay ~1 ms at 10,000
+    services; rebuilt but equal ones cost a dataclass comparison each (~6 us)."""
     candidates = compress(desired, map(is_not, desired.values(), map(last.get, desired)))
     changed = [sid for sid in candidates if last.get(sid) != desired[sid]]
     added = sum(1 for sid in changed if sid not in last)
@@ -386,10 +407,3 @@ def _changed(last: Mapping[str, VirtualService], desired: Mapping[str, VirtualSe
     gone = last.keys() - desired.keys()
     return changed + [sid for sid in last if sid in gone]
 
-
-def _refuse_unsupported(services: Mapping[str, VirtualService]) -> None:
-    """Refuse before touching the kernel: a sync is applied whole or not at all."""
-    for sid, service in services.items():
-        reason = rs.unsupported(service)
-        if reason:
-            raise DataplaneError(f"service {sid}: {reason}")
