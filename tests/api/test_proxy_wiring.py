@@ -13,11 +13,11 @@ import pytest
 
 from tests.conftest import PortalServer, free_port
 from tests.http import Answer, call
-from tests.unit.certs import BUNDLES, _CA
+from tests.unit.certs import _CA, BUNDLES
 
 
 class _Upstream(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:
         body = f"upstream saw {self.path} host={self.headers['Host']}".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -49,7 +49,8 @@ def eventually(check: object, seconds: float = 5.0) -> None:
 
 def test_routes_from_the_api_are_served(portal: PortalServer, upstream: int) -> None:
     assert via_proxy(portal, "app.portal.test").status == 502  # no route yet
-    route = {"subdomain": "app", "domain": "portal.test", "targets": [f"http://127.0.0.1:{upstream}"]}
+    route = {"subdomain": "app", "domain": "portal.test",
+             "targets": [f"http://127.0.0.1:{upstream}"]}
     assert call("POST", portal.url + "/routes", route).status == 200
     answer = via_proxy(portal, "app.portal.test", "/x?y=1")
     assert answer.status == 200 and answer.text == "upstream saw /x?y=1 host=app.portal.test"
@@ -66,7 +67,8 @@ def test_routes_from_the_api_are_served(portal: PortalServer, upstream: int) -> 
 
 def test_certs_from_the_api_are_served_by_sni(portal: PortalServer) -> None:
     bundle = BUNDLES[1]  # b.test and *.b.test
-    assert call("POST", portal.url + "/certs", {"cert": bundle.cert, "key": bundle.key}).status == 200
+    posted = call("POST", portal.url + "/certs", {"cert": bundle.cert, "key": bundle.key})
+    assert posted.status == 200
     context = ssl.create_default_context()
     _CA.configure_trust(context)
 
