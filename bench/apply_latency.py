@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.netns import namespace, run_in  # noqa: E402
-from tests.nodes import NsPortal  # noqa: E402
+from tests.netns import namespace, run_in
+from tests.nodes import NsPortal
 
 
 def measure(ns: str, balancer: str, writes: int, services: int, work: Path) -> list[float]:
