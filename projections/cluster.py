@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,13 +41,23 @@ class Ack:
         return bool(self.errors) and self.was_ok
 
 
+@dataclass(frozen=True)
+class MemberRecord:
+    name: str
+    left: bool  # NodeLeft, else NodeJoined or NodeRejoined
+    incarnation: str
+    balancer: str
+    at: datetime
+
+
 @dataclass
 class NodeInfo:
     name: str
     incarnation: str = ""
     balancer: str = ""
     member: bool = False  # joined in the log
-    left: bool = False  # left in the log (a clean stop), and not back since
+    left: bool = False  # left (a clean stop), and not back since
+    left_incarnation: str = ""  # the process (start) that left
     joined: datetime | None = None
     last_seen: float | None = None  # monotonic time of the last heartbeat or ack
     position: int = 0
@@ -68,34 +79,46 @@ class ClusterView:
         self.nodes: dict[str, NodeInfo] = {node_name: NodeInfo(node_name)}
         self._position = 0
         self._names: dict[UUID, str] = {}  # member id -> node name (from NodeJoined)
+        self._read_lock = threading.Lock()
         self._changed = asyncio.Event()
 
     # --- membership from the log (a worker thread) ------------------------------------------
 
-    def catch_up(self) -> None:
-        head = self._app.recorder.max_notification_id() or 0
-        while self._position < head:
-            notifications = self._app.recorder.select_notifications(
-                start=self._position, limit=PAGE, stop=head, topics=MEMBER_TOPICS,
-                inclusive_of_start=False)
-            for n in notifications:
-                event: Any = self._app.mapper.to_domain_event(n)
-                if isinstance(event, Member.NodeJoined):  # type: ignore[attr-defined]
-                    self._names[event.originator_id] = str(event.name)
-                name = self._names.get(event.originator_id, event.originator_id.hex)
-                info = self.nodes.setdefault(name, NodeInfo(name))
-                info.member = True
-                if isinstance(event, Member.NodeLeft):  # type: ignore[attr-defined]
-                    info.left = True
-                else:
-                    info.left = False
-                    info.incarnation = str(getattr(event, "incarnation", info.incarnation))
-                    info.balancer = str(getattr(event, "balancer", info.balancer))
-                    info.joined = event.timestamp
-            if len(notifications) < PAGE:
-                break
-            self._position = notifications[-1].id
-        self._position = head
+    def read_members(self) -> list[MemberRecord]:
+        """What the log says of the members since the last read (a worker thread: it reads
+        the store; `merge` the result on the event loop, which owns `nodes`)."""
+        records: list[MemberRecord] = []
+        with self._read_lock:
+            head = self._app.recorder.max_notification_id() or 0
+            while self._position < head:
+                notifications = self._app.recorder.select_notifications(
+                    start=self._position, limit=PAGE, stop=head, topics=MEMBER_TOPICS,
+                    inclusive_of_start=False)
+                for n in notifications:
+                    event: Any = self._app.mapper.to_domain_event(n)
+                    if isinstance(event, Member.NodeJoined):  # type: ignore[attr-defined]
+                        self._names[event.originator_id] = str(event.name)
+                    records.append(MemberRecord(
+                        self._names.get(event.originator_id, event.originator_id.hex),
+                        isinstance(event, Member.NodeLeft),  # type: ignore[attr-defined]
+                        str(event.incarnation), str(getattr(event, "balancer", "")),
+                        event.timestamp))
+                if len(notifications) < PAGE:
+                    break
+                self._position = notifications[-1].id
+            self._position = head
+        return records
+
+    def merge(self, records: list[MemberRecord]) -> None:
+        for record in records:
+            info = self.nodes.setdefault(record.name, NodeInfo(record.name))
+            info.member = True
+            if record.left:
+                info.left, info.left_incarnation = True, record.incarnation
+            elif record.incarnation != info.left_incarnation:
+                info.left = False
+                info.balancer = record.balancer or info.balancer
+                info.joined = record.at
 
     # --- heartbeats and acks (the event loop) -----------------------------------------------
 
@@ -107,6 +130,10 @@ class ClusterView:
         incarnation = str(data.get("incarnation", ""))
         if incarnation and incarnation != info.incarnation:
             info.incarnation, info.left, info.ack = incarnation, False, None
+        if data.get("leaving"):  # a clean stop: not waited for from now on
+            info.left, info.left_incarnation, info.last_seen = True, incarnation, None
+            self._pulse()
+            return False
         info.last_seen = self._clock()
         position = int(data.get("position", 0))
         if position >= info.position:
@@ -146,6 +173,8 @@ class ClusterView:
             return True
         info = self.nodes.get(node)
         if info is None or info.last_seen is None:
+            return False
+        if info.left and info.left_incarnation == info.incarnation:
             return False
         return self._clock() - info.last_seen <= self.node_timeout
 

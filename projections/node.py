@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 from uuid import UUID
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 PAGE = 1000
 RECORD_IDLE_EVERY = 1.0  # seconds between positions recorded for plane-less applies
+PROXY_APPLY_TIMEOUT = 10.0  # seconds the proxy's workers get to take an update
 T = TypeVar("T")
 # Told of every apply: (what it gave, what the one before gave). The cluster acks with it.
 AppliedListener = Callable[["Applied", "Applied"], None]
@@ -258,18 +259,19 @@ class NodeProjector:
         if stepped is None:
             return None
         applied, changed = stepped
-        self._finish(applied, proxy=changed)
-        return applied
+        return await self._finish(applied, proxy=changed)
 
     async def run_once(self, full: bool = False) -> Applied:
         applied = await self.run_in_worker(self.step, full)
-        self._finish(applied)
-        return applied
+        return await self._finish(applied)
 
-    def _finish(self, applied: Applied, proxy: bool = True) -> None:
+    async def _finish(self, applied: Applied, proxy: bool = True) -> Applied:
         if proxy:
             self._update_proxy()
-        previous, self.last = self.last, applied
+            applied = await self._proxy_applied(applied)
+        previous = self.last
+        if applied.position >= previous.position:  # two applies may finish out of order
+            self.last = applied
         for listener in self.listeners:
             try:
                 listener(applied, previous)
@@ -283,6 +285,20 @@ class NodeProjector:
             else:
                 still_waiting.append((position, future))
         self._waiters = still_waiting
+        return applied
+
+    async def _proxy_applied(self, applied: Applied) -> Applied:
+        """Wait until the proxy's workers serve the update (a proxy with worker processes
+        swaps asynchronously): "applied" includes the proxy before anyone is told so."""
+        wait = getattr(self.proxy, "wait_applied", None)
+        if wait is None:
+            return applied
+        try:
+            await wait(PROXY_APPLY_TIMEOUT)
+        except Exception as e:  # a worker refused it, or did not answer in time
+            log.error("applying position %d failed: proxy: %s", applied.position, e)
+            return replace(applied, errors={**applied.errors, "proxy": f"{e}"})
+        return applied
 
     def _sleep_for(self) -> float:
         deadline = self.drains.next_deadline()

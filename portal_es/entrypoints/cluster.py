@@ -31,7 +31,7 @@ from portal_es.service.app import PortalApplication
 from portal_es.service.relay import Relay
 from portal_es.service.saga import ClusterCoordinator
 from projections.changes import ChangesView
-from projections.cluster import ClusterView
+from projections.cluster import ClusterView, MemberRecord
 from projections.node import Applied, NodeProjector
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class ClusterRuntime:
 
     async def start(self) -> None:
         await asyncio.to_thread(self._join)
-        await asyncio.to_thread(self.view.catch_up)
+        self.view.merge(await asyncio.to_thread(self.view.read_members))
         self._tasks = [
             asyncio.create_task(self.broker.run(), name="broker"),
             asyncio.create_task(self.relay.run(), name="relay"),
@@ -86,6 +86,10 @@ class ClusterRuntime:
                  self.settings.cluster_name)
 
     async def stop(self) -> None:
+        # Goodbye first: the others stop waiting for this node now, not at node-timeout.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._publish(HEARTBEAT, {**self._heartbeat(),
+                                                             "leaving": True}), 2)
         for task in [*self._tasks, *self._background]:
             task.cancel()
         for task in [*self._tasks, *self._background]:
@@ -159,7 +163,7 @@ class ClusterRuntime:
             beats += 1
             if beats % MEMBERSHIP_REFRESH == 0:
                 try:
-                    await asyncio.to_thread(self.view.catch_up)
+                    self.view.merge(await asyncio.to_thread(self.view.read_members))
                 except Exception as e:
                     log.warning("reading the members from the log: %s", e)
             await asyncio.sleep(self.settings.heartbeat_interval)
@@ -175,14 +179,20 @@ class ClusterRuntime:
 
     # --- for the API ----------------------------------------------------------------------
 
-    def nodes(self) -> list[dict[str, Any]]:
-        """GET /cluster/nodes (a worker thread: it reads the store)."""
-        self.view.catch_up()
+    def read_positions(self) -> tuple[list[MemberRecord], int, dict[str, int]]:
+        """The store's side of GET /cluster/nodes (a worker thread): new membership events,
+        the head of the log, each node's recorded position."""
+        records = self.view.read_members()
+        names = {*list(self.view.nodes), *(r.name for r in records)}
+        tracked = {name: self._tracking.max_tracking_id(name) or 0 for name in names}
+        return records, self.app.recorder.max_notification_id() or 0, tracked
+
+    def nodes(self, records: list[MemberRecord], head: int,
+              tracked: dict[str, int]) -> list[dict[str, Any]]:
+        """GET /cluster/nodes (the event loop, which owns the view)."""
+        self.view.merge(records)
         me = self.view.nodes[self.name]
         me.relay, me.balancer = self.relay.active, self.node.l4.name
-        head = self.app.recorder.max_notification_id() or 0
-        tracking = self._tracking
-        tracked = {name: tracking.max_tracking_id(name) or 0 for name in self.view.nodes}
         rows = self.view.rows(head, tracked)
         for row in rows:  # what only this node knows of itself
             if row["self"]:

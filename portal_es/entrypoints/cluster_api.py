@@ -27,7 +27,9 @@ class ChangeNotFound(DomainError):
 
 
 async def get_nodes(request: web.Request) -> web.Response:
-    return _json(await _in_worker(request, request.app[CLUSTER_KEY].nodes))
+    runtime = request.app[CLUSTER_KEY]
+    records, head, tracked = await _in_worker(request, runtime.read_positions)
+    return _json(runtime.nodes(records, head, tracked))
 
 
 async def get_changes(request: web.Request) -> web.Response:

@@ -39,7 +39,7 @@ from portal_es.service.app import PortalApplication
 from projections.l4 import desired_services
 from projections.state_view import StateView
 from tests.conftest import reset_postgres, unavailable
-from tests.http import Answer
+from tests.http import Answer, call
 from tests.netns import NetnsUnavailable, run_in, sh
 from tests.nodes import NsPortal
 
@@ -95,10 +95,23 @@ class Node(NsPortal):
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
 
+    def pause(self, paused: bool = True) -> None:
+        """SIGSTOP (alive to the kernel, silent to the cluster) or SIGCONT."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
+
     def get(self, path: str) -> Any:
         answer = self.api("GET", path)
         assert answer.status == 200, (path, answer.status, answer.text)
         return answer.json
+
+    def proxy(self, host: str, path: str = "/") -> Answer:
+        """A request to this node's HTTP proxy (from inside its namespace)."""
+        assert self.process is not None
+        args = list(self.process.args)  # type: ignore[arg-type]
+        address = args[args.index("--proxy-http") + 1]
+        return run_in(self.netns, lambda: call("GET", f"http://{address}{path}",
+                                               headers={"Host": host}))
 
     def me(self) -> dict[str, Any]:
         return next(r for r in self.get("/cluster/nodes") if r["self"])
@@ -128,6 +141,7 @@ class Cluster:
     size: int = 3
     no_vip_iface: tuple[str, ...] = ()
     node_timeout: float = 2.0
+    apply_timeout: float = 10.0
     extra: list[str] = field(default_factory=list)
     id: str = field(default_factory=lambda: secrets.token_hex(3))
     token: str = field(default_factory=lambda: secrets.token_hex(16))
@@ -186,7 +200,8 @@ class Cluster:
                    "--cluster-connection", AMQP_URL, "--cluster-token", self.token,
                    "--cert-key-cipher", CIPHER, "--node-timeout", str(self.node_timeout),
                    "--heartbeat-interval", str(self.node_timeout / 4), "--drain-timeout", "0",
-                   "--apply-timeout", "10", "--change-timeout", "20", "--log-level", "INFO",
+                   "--apply-timeout", str(self.apply_timeout), "--change-timeout", "20",
+                   "--log-level", "INFO",
                    *self.extra],
         ))
 
@@ -304,8 +319,6 @@ def writer_loop(node: Node, requests: list[Request], max_seconds: float,
                 out: list[Result] | None = None) -> list[Result]:
     """Send `requests` one after the other from inside the node's namespace (bounded in count
     and time). Results are appended to `out` as they come (other threads watch progress)."""
-    from tests.http import call
-
     results: list[Result] = [] if out is None else out
 
     def go() -> list[Result]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import VIP_IFACE, Cluster, cluster, write
+from tests.cluster.harness import VIP_IFACE, Cluster, cluster, until, write
 
 pytestmark = pytest.mark.postgres
 
@@ -37,6 +37,9 @@ def test_a_write_on_any_node_is_on_every_node_when_answered(three: Cluster) -> N
     assert answer.status == 200, answer.text
     answer = write(n3, "POST", "/routes", {"domain": "portal.test", "page": "works\n"})
     assert answer.status == 200, answer.text
+    for node in three.nodes:  # every node's proxy serves the route now
+        served = node.proxy("portal.test")
+        assert (served.status, served.text) == (200, "works\n"), node.name
     state = three.fold()
     assert [s.id for s in state.services["tcp-10_10_0_1-80"].servers] == [
         "10_20_0_1-8080", "10_20_0_2-8080"]
@@ -111,3 +114,24 @@ def test_a_node_that_cannot_apply_gets_the_change_compensated_everywhere(three: 
     three.wait_converged()
     assert write(n3, "DELETE", "/services/tcp-10_10_0_1-80").status == 200
     three.wait_converged()
+
+
+def test_undecided_within_the_deadline_answers_202_and_the_change_tells_later(
+        tmp_path: Path) -> None:
+    with cluster(tmp_path, node_timeout=3.0, apply_timeout=1.0) as c:
+        n1, n2, n3 = c.nodes
+        n3.pause()  # n3 stops answering; for node-timeout (3 s) it is still waited for
+        try:
+            answer = write(n1, "POST", "/services", {"host": "10.10.0.3", "port": 80})
+            assert answer.status == 202, answer.text
+            location = answer.headers["Location"]
+            assert location.startswith("/changes/") and location in answer.json["error"]
+            assert n2.get(location)["state"] == "requested"
+            # n3 goes silent past node-timeout: no longer waited for, the change commits.
+            change = until(lambda: (ch := n2.get(location))["state"] != "requested" and ch,
+                           10, "the change decided")
+            assert change["state"] == "committed" and change["skipped"] == ["n3"]
+            assert sorted(change["applied"]) == ["n1", "n2"]
+        finally:
+            n3.pause(False)
+        c.wait_converged()  # n3 back: it catches up
