@@ -11,7 +11,7 @@ PROXY_HTTP ?= 127.0.0.1:8080
 PROXY_TLS  ?= 127.0.0.1:8444
 
 # Debian packages the kernel tests need (installed by `make test` when missing and root).
-SYSTEM_DEPS := nftables libnftables1 iproute2 conntrack qemu-system-x86 busybox-static ipvsadm kmod cpio
+SYSTEM_DEPS := nftables libnftables1 iproute2 conntrack qemu-system-x86 busybox-static ipvsadm kmod cpio socat
 
 .PHONY: install system-deps run test lint check-types unit clean
 

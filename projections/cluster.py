@@ -182,6 +182,10 @@ class ClusterView:
         """The nodes a change waits for: this one and every node heard from lately."""
         return sorted(n for n in self.nodes if self.alive(n))
 
+    def incarnations(self) -> frozenset[tuple[str, str]]:
+        """The live nodes and which start of each: changes when one dies or restarts."""
+        return frozenset((n, self.nodes[n].incarnation) for n in self.live())
+
     def ack(self, node: str) -> Ack | None:
         info = self.nodes.get(node)
         return info.ack if info else None

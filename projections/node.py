@@ -270,8 +270,9 @@ class NodeProjector:
             self._update_proxy()
             applied = await self._proxy_applied(applied)
         previous = self.last
-        if applied.position >= previous.position:  # two applies may finish out of order
-            self.last = applied
+        if applied.position < previous.position:
+            return applied  # a later apply finished first (the proxy wait): this one is old
+        self.last = applied
         for listener in self.listeners:
             try:
                 listener(applied, previous)

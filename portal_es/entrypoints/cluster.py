@@ -59,6 +59,9 @@ class ClusterRuntime:
         self.relay = Relay(dsn, settings.cluster_name, self.broker)
         self.change_lock = AdvisoryLock(dsn, settings.cluster_name, "change")
         self._tracking: TrackingRecorder = app.factory.tracking_recorder()  # type: ignore[attr-defined]
+        self._coordinator: ClusterCoordinator | None = None
+        self._ack: dict[str, Any] | None = None  # the newest ack, not yet published
+        self._ack_ready = asyncio.Event()
         self._was_ok = True  # was this node fine before the position it last applied?
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: set[asyncio.Task[Any]] = set()
@@ -67,10 +70,16 @@ class ClusterRuntime:
         node.record_position = self.positions.record
 
     def coordinator(self, executor: ThreadPoolExecutor) -> ClusterCoordinator:
-        return ClusterCoordinator(
+        self._coordinator = ClusterCoordinator(
             self.app, executor, self.node, self.view, self.changes, self.change_lock,
             self.settings.apply_timeout, self.settings.change_timeout,
         )
+        return self._coordinator
+
+    async def stop_changes(self) -> None:
+        """First thing at shutdown, while the store's worker thread still runs."""
+        if self._coordinator is not None:
+            await self._coordinator.close()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -81,6 +90,7 @@ class ClusterRuntime:
             asyncio.create_task(self.broker.run(), name="broker"),
             asyncio.create_task(self.relay.run(), name="relay"),
             asyncio.create_task(self._heartbeats(), name="heartbeats"),
+            asyncio.create_task(self._acks(), name="acks"),
         ]
         log.info("node %s (incarnation %s) joined cluster %s", self.name, self.incarnation,
                  self.settings.cluster_name)
@@ -143,9 +153,19 @@ class ClusterRuntime:
         if applied.position > previous.position:
             self._was_ok = previous.ok
         self.view.record_local(applied.position, applied.version, applied.errors, self._was_ok)
-        data = {"incarnation": self.incarnation, "position": applied.position,
-                "version": applied.version, "errors": applied.errors, "was_ok": self._was_ok}
-        self._spawn(self._publish(ACK, data))
+        self._ack = {"incarnation": self.incarnation, "position": applied.position,
+                     "version": applied.version, "errors": applied.errors,
+                     "was_ok": self._was_ok}
+        self._ack_ready.set()
+
+    async def _acks(self) -> None:
+        """One sender, so acks leave in the order of the applies; when several pile up
+        (a slow broker), only the newest goes: it covers the ones before."""
+        while True:
+            await self._ack_ready.wait()
+            self._ack_ready.clear()
+            if self._ack is not None:
+                await self._publish(ACK, self._ack)
 
     def _heartbeat(self) -> dict[str, Any]:
         last = self.node.last
@@ -161,11 +181,14 @@ class ClusterRuntime:
         while True:
             await self._heartbeat_once()
             beats += 1
-            if beats % MEMBERSHIP_REFRESH == 0:
-                try:
+            try:
+                # The changes' view is kept warm here, off any change's path: the saga
+                # reads it, under the cluster lock, when it looks for orphaned changes.
+                await asyncio.to_thread(self.changes.catch_up)
+                if beats % MEMBERSHIP_REFRESH == 0:
                     self.view.merge(await asyncio.to_thread(self.view.read_members))
-                except Exception as e:
-                    log.warning("reading the members from the log: %s", e)
+            except Exception as e:
+                log.warning("reading the log: %s", e)
             await asyncio.sleep(self.settings.heartbeat_interval)
 
     async def _publish(self, kind: str, data: dict[str, Any]) -> None:

@@ -151,7 +151,12 @@ def run(settings: Settings) -> None:
         await node.stop()
         await proxy.stop()
 
+    async def stop_changes(_: web.Application) -> None:
+        if cluster is not None:  # before on_cleanup shuts the store's worker thread down
+            await cluster.stop_changes()
+
     web_app.on_startup.append(start_node)
+    web_app.on_shutdown.append(stop_changes)
     web_app.on_cleanup.append(stop_node)
     try:
         web.run_app(web_app, host=settings.api_host, port=settings.api_port,

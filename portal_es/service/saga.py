@@ -47,6 +47,7 @@ T = TypeVar("T")
 
 WAIT_STEP = 0.25  # seconds between liveness re-checks while waiting for acks
 POLL = 0.1  # seconds between looks at a change another node decides
+ADOPT_EVERY = 30.0  # seconds: look for orphaned changes at least this often
 
 
 class StoreUnavailable(DomainError):
@@ -71,6 +72,7 @@ class ClusterCoordinator(ChangeCoordinator):
         self.change_timeout = max(change_timeout, apply_timeout)
         self._inflight: dict[str, asyncio.Task[Outcome]] = {}
         self._adopted_at = float("-inf")  # when open changes were last looked for
+        self._adopted_with: frozenset[tuple[str, str]] = frozenset()  # the live nodes then
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` in the store's worker thread (the eventsourcing library is synchronous)."""
@@ -122,6 +124,16 @@ class ClusterCoordinator(ChangeCoordinator):
             location=location(change.change_id),
         )
 
+    async def close(self) -> None:
+        """Stop deciding (the server is stopping): a change left open here is closed by the
+        next coordinator that takes the lock (as timed out: it is in the log already)."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
     # --- the saga ---------------------------------------------------------------------------
 
     async def _acquire(self, deadline: float) -> None:
@@ -154,9 +166,10 @@ class ClusterCoordinator(ChangeCoordinator):
         await self._acquire(deadline)
         locked = loop.time()
         try:
-            if loop.time() - self._adopted_at > self.cluster.node_timeout:
+            members = self.cluster.incarnations()
+            if members != self._adopted_with or loop.time() - self._adopted_at > ADOPT_EVERY:
                 await self._call(self._adopt_orphans)
-                self._adopted_at = loop.time()
+                self._adopted_at, self._adopted_with = loop.time(), members
             spec = ChangeSpec(change_id, self.local.node_name, key, self.cluster.live())
             requested = await self._call(changes.request, self.app, command, meta,
                                          expected_version, spec)
@@ -186,9 +199,10 @@ class ClusterCoordinator(ChangeCoordinator):
 
     def _adopt_orphans(self) -> None:
         """Close changes whose coordinator died before deciding them. We hold the lock, so
-        no living coordinator is deciding one. Looked for once per node-timeout, not before
-        every change: an orphan's coordinator is dead, and the change is already in the log
-        (applied by the nodes); only its record stays open until then."""
+        no living coordinator is deciding one. Looked for when the live nodes changed (one
+        went silent, or restarted) and every ADOPT_EVERY seconds, not before every change:
+        an orphan's change is in the log already (the nodes applied it); only its record
+        stays open until then."""
         self.changes_view.catch_up()
         for open_change in self.changes_view.open_changes():
             change = changes.find(self.app, open_change.change_id)

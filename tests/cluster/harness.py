@@ -67,11 +67,21 @@ def require() -> None:
         unavailable("nftables is not usable here (libnftables1 missing)")
     if not Path(PG_SOCKET, ".s.PGSQL.5432").exists():
         unavailable(f"PostgreSQL's socket is not in {PG_SOCKET}")
-    try:
-        with socket.create_connection(AMQP, timeout=2):
-            pass
-    except OSError:
+    if not amqp_listening():
         unavailable("RabbitMQ is not listening on 127.0.0.1:5672")
+
+
+def amqp_listening(wait: float = 30.0) -> bool:
+    """RabbitMQ accepts connections (waiting a little: CI starts it detached just before)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with socket.create_connection(AMQP, timeout=2):
+                return True
+        except OSError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
 
 
 def until(check: Callable[[], T], timeout: float, what: str, step: float = 0.1) -> T:

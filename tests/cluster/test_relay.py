@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from portal_es.domain.balancer import Meta
 from portal_es.domain.models import Service
 from portal_es.service.app import PortalApplication
 from portal_es.service.relay import Relay
-from tests.cluster.harness import AMQP, AMQP_URL, CIPHER, PG_SOCKET, PG_URL, until
+from tests.cluster.harness import AMQP_URL, CIPHER, PG_SOCKET, PG_URL, amqp_listening, until
 from tests.conftest import reset_postgres, unavailable
 
 pytestmark = pytest.mark.postgres
@@ -34,9 +33,7 @@ TOKEN = "relay-test-token"
 def app(tmp_path: Path) -> Iterator[PortalApplication]:
     if not Path(PG_SOCKET, ".s.PGSQL.5432").exists():
         unavailable(f"PostgreSQL's socket is not in {PG_SOCKET}")
-    try:
-        socket.create_connection(AMQP, timeout=2).close()
-    except OSError:
+    if not amqp_listening():
         unavailable("RabbitMQ is not listening on 127.0.0.1:5672")
     reset_postgres(PG_URL)
     url = store.database_url(PG_URL, tmp_path)
