@@ -46,6 +46,7 @@ class PortalServer:
     proxy_tls_port: int = field(default_factory=free_port)
     extra: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
+    start_timeout: float = 30.0
 
     @property
     def url(self) -> str:
@@ -78,16 +79,21 @@ class PortalServer:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.work_dir / "server.log", "ab")  # noqa: SIM115 - owned by the process
         self.process = subprocess.Popen(self.args(), stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"portal-es exited {self.process.returncode}:\n{self.log}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"portal-es did not listen within 30 s:\n{self.log}")
+            if self._listening():
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"portal-es did not listen within {self.start_timeout} s:\n{self.log}")
+
+    def _listening(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process and self.process.poll() is None:

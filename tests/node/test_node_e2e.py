@@ -240,6 +240,7 @@ def test_flush_removes_what_portal_es_programmed(
     node: NsPortal, topo: Topology, tmp_path: Path
 ) -> None:
     configure(node, topo)
+    topo.sh("lb", "ip", "addr", "add", "10.77.0.61/24", "dev", "eth0")  # someone else's
     assert node.api("POST", "/vips", {"ip": "10.77.0.80/24", "interface": "eth0"}).status == 200
     node.stop()
     try:
@@ -248,7 +249,7 @@ def test_flush_removes_what_portal_es_programmed(
         assert flushed.returncode == 0, flushed.stderr
         assert "portal_es" not in nft(topo, "list", "tables")
         assert "10.77.0.80" not in _addresses(topo)
-        assert "10.77.0.60/24" in _addresses(topo)  # not ours: stays
+        assert "10.77.0.61/24" in _addresses(topo)  # not ours: stays
     finally:
         node.start()
     assert counts(topo, 3) == {"be1": 1, "be2": 1, "be3": 1}  # the restart re-applies the log
